@@ -1,0 +1,170 @@
+"""Stage 1: the synthetic data set, generated chunk by chunk and stored as Parquet."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from dataclasses import asdict
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from prefect import get_run_logger, task
+from pydantic import BaseModel, ConfigDict
+
+from tasks.caching import CODE_VERSION, STABLE_INPUTS
+from tasks.params import DataSpec
+from tasks.stats import Moments, MomentsAccumulator
+from tasks.storage import FileRecord, dumps_metadata, read_verified, write_parquet
+
+CHUNK_ROWS = 1 << 20  # a multiple of 16, so chunked normal draws equal one whole draw
+PREVIEW_POINTS = 2000
+SCHEMA = pa.schema([("x", pa.float32()), ("y", pa.float32())])
+_ARANGE_LANES = 8
+_ARANGE_UNROLL = 16
+
+
+class DatasetRef(BaseModel):
+    """A stored data set: its file, where it came from, its moments and a small preview."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: FileRecord
+    source: str
+    x_col: str = "x"
+    y_col: str = "y"
+    moments: dict[str, float]
+    preview_x: list[float]
+    preview_y: list[float]
+
+    def stats(self) -> Moments:
+        return Moments(**self.moments)  # type: ignore[arg-type]
+
+
+def x_values(spec: DataSpec, lo: int, hi: int) -> np.ndarray:
+    """x[lo:hi] exactly as torch.arange(x_start, x_stop, step) computes it on the CPU.
+
+    torch fills 8-lane vectors two at a time: each lane group starts from one float32-rounded
+    base, lanes add multiples of the step in float64; the last n % 16 values are scalar.
+    (Equal to torch for n up to 32768; torch splits longer ranges across threads.)
+    """
+    step = (spec.x_stop - spec.x_start) / spec.n_samples
+    idx = np.arange(lo, hi, dtype=np.int64)
+    base_idx = idx - idx % _ARANGE_LANES
+    base = (spec.x_start + step * base_idx).astype(np.float32).astype(np.float64)
+    x = base + step * (idx - base_idx)
+    scalar = idx >= spec.n_samples - spec.n_samples % _ARANGE_UNROLL
+    x[scalar] = spec.x_start + step * idx[scalar]
+    return x.astype(np.float32)
+
+
+def generate_chunks(spec: DataSpec, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (x, y) float32 chunks: y = slope·x + intercept + noise_std·N(0, 1), seeded."""
+    generator = torch.Generator().manual_seed(spec.seed)
+    slope = torch.tensor(spec.slope, dtype=torch.float32)
+    for lo in range(0, spec.n_samples, chunk_rows):
+        hi = min(lo + chunk_rows, spec.n_samples)
+        x = torch.from_numpy(x_values(spec, lo, hi))
+        noise = torch.randn(hi - lo, generator=generator)
+        y = (x * slope + spec.intercept) + spec.noise_std * noise
+        yield x.numpy(), y.numpy()
+
+
+def generate(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The whole data set in memory (small sizes, tests)."""
+    xs, ys = zip(*generate_chunks(spec), strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def spec_digest(spec: DataSpec) -> str:
+    payload = dumps_metadata({"spec": spec.model_dump(), "code": CODE_VERSION})
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def dataset_path(data_dir: Path, spec: DataSpec) -> Path:
+    return data_dir / "datasets" / f"synthetic-{spec_digest(spec)}.parquet"
+
+
+def describe(spec: DataSpec) -> str:
+    return (
+        f"synthetic: y = {spec.slope:g}·x + {spec.intercept:g} + {spec.noise_std:g}·N(0,1), "
+        f"{spec.n_samples:,} points, x in [{spec.x_start:g}, {spec.x_stop:g}), seed {spec.seed}"
+    )
+
+
+def _metadata(spec: DataSpec) -> dict[str, str]:
+    versions = {
+        name: version(name) for name in ("torch", "numpy", "pyarrow", "prefect", "gdflow")
+    }
+    versions["python"] = platform.python_version()
+    return {
+        "gdflow.kind": "dataset",
+        "gdflow.generator": dumps_metadata(spec.model_dump()),
+        "gdflow.versions": dumps_metadata(versions),
+        **{f"gdflow.param.{k}": str(v) for k, v in spec.model_dump().items()},
+    }
+
+
+class _Summary:
+    """Moments and a strided preview, collected while chunks stream past."""
+
+    def __init__(self, n: int) -> None:
+        self.stride = max(1, -(-n // PREVIEW_POINTS))
+        self.moments = MomentsAccumulator()
+        self.px: list[np.ndarray] = []
+        self.py: list[np.ndarray] = []
+        self.seen = 0
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        first = (-self.seen) % self.stride
+        self.px.append(x[first :: self.stride])
+        self.py.append(y[first :: self.stride])
+        self.moments.add(x, y)
+        self.seen += len(x)
+
+    def ref(self, record: FileRecord, source: str, x_col: str = "x", y_col: str = "y") -> DatasetRef:
+        return DatasetRef(
+            file=record,
+            source=source,
+            x_col=x_col,
+            y_col=y_col,
+            moments=asdict(self.moments.result()),
+            preview_x=np.concatenate(self.px).astype(float).tolist(),
+            preview_y=np.concatenate(self.py).astype(float).tolist(),
+        )
+
+
+def write_dataset(spec: DataSpec, target: Path) -> DatasetRef:
+    """Generate the data set into `target` chunk by chunk, with bounded memory."""
+    summary = _Summary(spec.n_samples)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for x, y in generate_chunks(spec):
+            summary.add(x, y)
+            yield pa.record_batch([pa.array(x), pa.array(y)], schema=SCHEMA)
+
+    record = write_parquet(target, SCHEMA, batches(), _metadata(spec))
+    return summary.ref(record, describe(spec))
+
+
+def load_columns(record: FileRecord, x_col: str = "x", y_col: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    """Read x and y as float32 numpy arrays, verifying the file's content hash."""
+    table = read_verified(record, [x_col, y_col])
+    return (
+        table.column(x_col).to_numpy().astype(np.float32, copy=False),
+        table.column(y_col).to_numpy().astype(np.float32, copy=False),
+    )
+
+
+@task(cache_policy=STABLE_INPUTS, persist_result=True, task_run_name="generate-n{spec.n_samples}-seed{spec.seed}")
+def generate_dataset(spec: DataSpec, data_dir: str) -> DatasetRef:
+    """Generate the synthetic data set and store it as Parquet."""
+    target = dataset_path(Path(data_dir), spec)
+    ref = write_dataset(spec, target)
+    get_run_logger().info(
+        "Generated %s rows -> %s (sha256 %s)", f"{ref.file.rows:,}", target, ref.file.sha256[:12]
+    )
+    return ref

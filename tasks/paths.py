@@ -1,0 +1,32 @@
+"""Where gdflow keeps its files: one data directory holding data, results and cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR_ENV = "GDFLOW_DATA_DIR"
+
+
+def resolve_data_dir(value: str | os.PathLike[str] | None = None) -> Path:
+    """The data directory: the given value, else $GDFLOW_DATA_DIR, else the project's data/."""
+    chosen = value or os.environ.get(DATA_DIR_ENV) or PROJECT_ROOT / "data"
+    return Path(chosen).expanduser().resolve()
+
+
+def cache_dir(data_dir: Path) -> Path:
+    """Prefect result storage: cached task results and their cache records."""
+    return data_dir / "cache"
+
+
+def locks_dir(data_dir: Path) -> Path:
+    return data_dir / "locks"
+
+
+def reports_dir(data_dir: Path) -> Path:
+    return data_dir / "reports"
+
+
+def histories_dir(data_dir: Path) -> Path:
+    return data_dir / "histories"

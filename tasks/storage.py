@@ -1,0 +1,137 @@
+"""Parquet files written atomically, each with a manifest that records its content hash."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+
+_HASH_BLOCK = 1 << 24
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+class FileRecord(BaseModel):
+    """Identity of a written file: where it is, what it holds, and its size and time on disk."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    sha256: str
+    size: int
+    mtime_ns: int
+    rows: int
+
+
+class CorruptFileError(RuntimeError):
+    """A file's content does not match the hash recorded when it was written."""
+
+
+def manifest_path(path: Path) -> Path:
+    return path.with_name(path.name + MANIFEST_SUFFIX)
+
+
+def sha256_file(path: Path) -> str:
+    """Content hash of a file, read block by block."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; move it into place only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(target: Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_parquet(
+    target: Path,
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    metadata: dict[str, str],
+) -> FileRecord:
+    """Write batches as row groups of one Parquet file, atomically, then record its manifest."""
+    schema = schema.with_metadata({k.encode(): v.encode() for k, v in metadata.items()})
+    rows = 0
+    with atomic_path(target) as tmp:
+        with pq.ParquetWriter(
+            tmp, schema, compression="none", use_dictionary=False, write_statistics=False
+        ) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        sha = sha256_file(tmp)
+    stat = target.stat()
+    record = FileRecord(
+        path=str(target), sha256=sha, size=stat.st_size, mtime_ns=stat.st_mtime_ns, rows=rows
+    )
+    # Until this lands, the old manifest's size and mtime no longer match: not intact.
+    write_bytes_atomic(manifest_path(target), record.model_dump_json().encode())
+    return record
+
+
+def read_manifest(target: Path) -> FileRecord | None:
+    try:
+        return FileRecord.model_validate_json(manifest_path(target).read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def is_intact(target: Path) -> bool:
+    """True when the file exists and is unchanged since its manifest was written (cheap stat)."""
+    record = read_manifest(target)
+    if record is None:
+        return False
+    try:
+        stat = target.stat()
+    except OSError:
+        return False
+    return stat.st_size == record.size and stat.st_mtime_ns == record.mtime_ns
+
+
+def read_verified(record: FileRecord, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file whole after checking its bytes against the recorded hash."""
+    path = Path(record.path)
+    with pa.memory_map(str(path)) as source:
+        buffer = source.read_buffer()
+        actual = hashlib.sha256(memoryview(buffer)).hexdigest()
+        if actual != record.sha256:
+            raise CorruptFileError(
+                f"{path} changed since it was written (content hash differs); "
+                "re-run to regenerate it"
+            )
+        return pq.read_table(pa.BufferReader(buffer), columns=columns)
+
+
+def file_metadata(path: Path) -> dict[str, str]:
+    """Key-value metadata of a Parquet file's schema, decoded."""
+    raw = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def dumps_metadata(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
