@@ -7,10 +7,12 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
 from pydantic import ValidationError
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -33,7 +35,7 @@ app = typer.Typer(
     help="Gradient-descent experiments as a Prefect workflow.",
 )
 err = Console(stderr=True)
-out = Console()
+out = Console() if Console().is_terminal else Console(width=120)  # no squeezing when piped
 
 
 class UserError(Exception):
@@ -79,14 +81,24 @@ def _server_mode() -> str:
 
 
 def _print_summary(result: dict[str, Any], run_name: str, state: str) -> None:
-    table = Table(title=f"gd-comparison · {run_name} · {state}", title_justify="left")
+    table = Table(
+        title=f"gd-comparison · {run_name} · {state}", title_justify="left", box=box.SIMPLE_HEAD
+    )
     for column in ("method", "step", "final loss", "w", "b", "updates", "time (s)", "status"):
-        table.add_column(column, justify="left" if column in ("method", "status") else "right")
+        table.add_column(
+            column, justify="left" if column in ("method", "status") else "right", no_wrap=True
+        )
     for name, m in result["methods"].items():
         status = "[red]diverged[/red]" if m["diverged"] else "[green]converged[/green]"
         table.add_row(
-            name, f"{m['lr']:g}", f"{m['final_loss']:.6g}", f"{m['final_w']:.6g}",
-            f"{m['final_b']:.6g}", f"{m['updates']:,}", f"{m['wall_time_s']:.3f}", status,
+            name,
+            f"{m['lr']:g}",
+            f"{m['final_loss']:.4g}",
+            f"{m['final_w']:.4g}",
+            f"{m['final_b']:.4g}",
+            f"{m['updates']:,}",
+            f"{m['wall_time_s']:.3f}",
+            status,
         )
     out.print(table)
     for name, m in result["methods"].items():
@@ -99,15 +111,13 @@ def _print_tutorial_table(history_path: str, method: str) -> None:
     from tasks.history import read_history
     from tasks.storage import read_manifest
 
-    from pathlib import Path
-
     record = read_manifest(Path(history_path))
     if record is None:
         raise UserError(f"history of {method} is missing at {history_path}; re-run with --refresh")
     h = read_history(record)
-    out.print(f"{method}: epoch, loss (before the update), w, b (after it)")
+    print(f"{method}: epoch, loss at its start, w and b at its end")
     for i in range(h.epochs):
-        out.print(f"{i}, \t{h.loss[i]!r}, \t{h.w[i + 1]!r}, \t{h.b[i + 1]!r}")
+        print(f"{i}, {float(h.loss[i])!r}, {float(h.w[i + 1])!r}, {float(h.b[i + 1])!r}")
 
 
 def _run(params: RunParams, as_json: bool, table: str | None) -> int:
@@ -191,13 +201,21 @@ run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
     [_field_option(name) for name in RunParams.model_fields]
     + [
         inspect.Parameter(
-            "json_output", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+            "json_output",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=bool,
             default=typer.Option(False, "--json", help="Print one JSON object on stdout."),
         ),
         inspect.Parameter(
-            "table", inspect.Parameter.KEYWORD_ONLY, annotation=str | None,
-            default=typer.Option(None, "--table", metavar="METHOD",
-                                 help="Also print METHOD's history as the tutorial's table."),
+            "table",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str | None,
+            default=typer.Option(
+                None,
+                "--table",
+                metavar="METHOD",
+                help="Also print METHOD's history as the tutorial's table.",
+            ),
         ),
     ]
 )

@@ -52,8 +52,12 @@ def gd_comparison(params: RunParams | None = None) -> dict[str, Any]:
     dataset_file = dataset_path(data_dir, spec)
     regenerate = params.refresh or not is_intact(dataset_file)
     dataset = _cached(generate_dataset, data_dir, dataset_file, regenerate)(spec, str(data_dir))
-    logger.info("Dataset: %s rows, sha256 %s (%s)", f"{dataset.file.rows:,}",
-                dataset.file.sha256[:12], dataset.source)
+    logger.info(
+        "Dataset: %s rows, sha256 %s (%s)",
+        f"{dataset.file.rows:,}",
+        dataset.file.sha256[:12],
+        dataset.source,
+    )
 
     futures = []
     for method in params.methods:
@@ -67,8 +71,12 @@ def gd_comparison(params: RunParams | None = None) -> dict[str, Any]:
 
     report = publish_report(dataset, histories, params, str(data_dir))
     return {
-        "dataset": {"path": dataset.file.path, "sha256": dataset.file.sha256,
-                    "rows": dataset.file.rows, "source": dataset.source},
+        "dataset": {
+            "path": dataset.file.path,
+            "sha256": dataset.file.sha256,
+            "rows": dataset.file.rows,
+            "source": dataset.source,
+        },
         "methods": {h.method: h.model_dump(mode="json") for h in histories},
         "figure": report.figure,
         "figure_svg": report.figure_svg,

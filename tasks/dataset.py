@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import platform
-from dataclasses import asdict
 from collections.abc import Iterator
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
@@ -15,7 +15,8 @@ import torch
 from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict
 
-from tasks.caching import CODE_VERSION, STABLE_INPUTS
+from tasks import caching
+from tasks.caching import STABLE_INPUTS
 from tasks.params import DataSpec
 from tasks.stats import Moments, MomentsAccumulator
 from tasks.storage import FileRecord, dumps_metadata, read_verified, write_parquet
@@ -61,7 +62,9 @@ def x_values(spec: DataSpec, lo: int, hi: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def generate_chunks(spec: DataSpec, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def generate_chunks(
+    spec: DataSpec, chunk_rows: int = CHUNK_ROWS
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (x, y) float32 chunks: y = slope·x + intercept + noise_std·N(0, 1), seeded."""
     generator = torch.Generator().manual_seed(spec.seed)
     slope = torch.tensor(spec.slope, dtype=torch.float32)
@@ -80,7 +83,7 @@ def generate(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def spec_digest(spec: DataSpec) -> str:
-    payload = dumps_metadata({"spec": spec.model_dump(), "code": CODE_VERSION})
+    payload = dumps_metadata({"spec": spec.model_dump(), "code": caching.CODE_VERSION})
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -96,9 +99,7 @@ def describe(spec: DataSpec) -> str:
 
 
 def _metadata(spec: DataSpec) -> dict[str, str]:
-    versions = {
-        name: version(name) for name in ("torch", "numpy", "pyarrow", "prefect", "gdflow")
-    }
+    versions = {name: version(name) for name in ("torch", "numpy", "pyarrow", "prefect", "gdflow")}
     versions["python"] = platform.python_version()
     return {
         "gdflow.kind": "dataset",
@@ -125,7 +126,9 @@ class _Summary:
         self.moments.add(x, y)
         self.seen += len(x)
 
-    def ref(self, record: FileRecord, source: str, x_col: str = "x", y_col: str = "y") -> DatasetRef:
+    def ref(
+        self, record: FileRecord, source: str, x_col: str = "x", y_col: str = "y"
+    ) -> DatasetRef:
         return DatasetRef(
             file=record,
             source=source,
@@ -150,7 +153,9 @@ def write_dataset(spec: DataSpec, target: Path) -> DatasetRef:
     return summary.ref(record, describe(spec))
 
 
-def load_columns(record: FileRecord, x_col: str = "x", y_col: str = "y") -> tuple[np.ndarray, np.ndarray]:
+def load_columns(
+    record: FileRecord, x_col: str = "x", y_col: str = "y"
+) -> tuple[np.ndarray, np.ndarray]:
     """Read x and y as float32 numpy arrays, verifying the file's content hash."""
     table = read_verified(record, [x_col, y_col])
     return (
@@ -159,7 +164,11 @@ def load_columns(record: FileRecord, x_col: str = "x", y_col: str = "y") -> tupl
     )
 
 
-@task(cache_policy=STABLE_INPUTS, persist_result=True, task_run_name="generate-n{spec.n_samples}-seed{spec.seed}")
+@task(
+    cache_policy=STABLE_INPUTS,
+    persist_result=True,
+    task_run_name="generate-n{spec.n_samples}-seed{spec.seed}",
+)
 def generate_dataset(spec: DataSpec, data_dir: str) -> DatasetRef:
     """Generate the synthetic data set and store it as Parquet."""
     target = dataset_path(Path(data_dir), spec)

@@ -51,14 +51,28 @@ class History:
 
 
 _COLUMNS = ("epoch", "loss", "w", "b", "updates")
-_SCALARS = ("method", "wall_time_s", "diverged", "reason", "stability_bound", "lr", "engine",
-            "dtype", "compute_dtype")
+_SCALARS = (
+    "method",
+    "wall_time_s",
+    "diverged",
+    "reason",
+    "stability_bound",
+    "lr",
+    "engine",
+    "dtype",
+    "compute_dtype",
+)
 
 
 def history_schema() -> pa.Schema:
     return pa.schema(
-        [("epoch", pa.int64()), ("loss", pa.float64()), ("w", pa.float64()), ("b", pa.float64()),
-         ("updates", pa.int64())]
+        [
+            ("epoch", pa.int64()),
+            ("loss", pa.float64()),
+            ("w", pa.float64()),
+            ("b", pa.float64()),
+            ("updates", pa.int64()),
+        ]
     )
 
 
@@ -78,8 +92,9 @@ def read_history(record: FileRecord) -> History:
     table = read_verified(record)
     raw = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     scalars = {k: json.loads(raw[f"gdflow.{k}"]) for k in _SCALARS}
-    extra = {k.removeprefix("gdflow.extra."): v for k, v in raw.items()
-             if k.startswith("gdflow.extra.")}
+    extra = {
+        k.removeprefix("gdflow.extra."): v for k, v in raw.items() if k.startswith("gdflow.extra.")
+    }
     columns = {c: table.column(c).to_numpy() for c in _COLUMNS}
     return History(**columns, **scalars, extra=extra)
 

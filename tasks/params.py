@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -11,7 +11,7 @@ MAX_SAMPLES = 10_000_000_000
 MAX_EPOCHS = 1_000_000
 
 
-class Method(str, Enum):
+class Method(StrEnum):
     """A gradient-descent variant."""
 
     bgd = "bgd"
@@ -48,9 +48,7 @@ class DataSpec(BaseModel):
     @model_validator(mode="after")
     def _check_range(self) -> DataSpec:
         if not self.x_start < self.x_stop:
-            raise ValueError(
-                f"x_start ({self.x_start}) must be below x_stop ({self.x_stop})"
-            )
+            raise ValueError(f"x_start ({self.x_start}) must be below x_stop ({self.x_stop})")
         return self
 
 
@@ -138,9 +136,11 @@ class RunParams(BaseModel):
         return DataSpec(**{k: getattr(self, k) for k in DataSpec.model_fields})
 
     def lr(self, method: Method) -> float:
-        return {Method.bgd: self.bgd_lr, Method.sgd: self.sgd_lr, Method.minibatch: self.minibatch_lr}[
-            method
-        ]
+        return {
+            Method.bgd: self.bgd_lr,
+            Method.sgd: self.sgd_lr,
+            Method.minibatch: self.minibatch_lr,
+        }[method]
 
     def method_spec(self, method: Method) -> MethodSpec:
         batch = {Method.bgd: self.n_samples, Method.sgd: 1, Method.minibatch: self.batch_size}

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict
 
 _HASH_BLOCK = 1 << 24
 MANIFEST_SUFFIX = ".manifest.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class FileRecord(BaseModel):
@@ -54,6 +56,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes files private; keep the usual mode
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:
