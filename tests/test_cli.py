@@ -1,0 +1,89 @@
+"""The `gdflow run` command as a user runs it: a real process, real files, a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def gdflow(*args: str, api: str | None = None, data_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GDFLOW_DATA_DIR": str(data_dir)}
+    if api:
+        env["PREFECT_API_URL"] = api
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--n-samples", "1"], "--n-samples"),
+        (["--n-samples", "0"], "--n-samples"),
+        (["--sgd-lr", "0"], "--sgd-lr"),
+        (["--bgd-lr", "-0.1"], "--bgd-lr"),
+        (["--minibatch-lr", "nan"], "--minibatch-lr"),
+        (["--sgd-lr", "inf"], "--sgd-lr"),
+        (["--epochs", "0"], "--epochs"),
+        (["--batch-size", "101"], "batch_size"),
+        (["--methods", "bgd,adam"], "--methods"),
+        (["--preset", "fastest"], "preset"),
+        (["--epochs", "ten"], "--epochs"),
+        (["--x-start", "5", "--x-stop", "-5"], "x_start"),
+    ],
+)
+def test_invalid_parameters_are_refused_before_any_work(tmp_path, args, names) -> None:
+    result = gdflow("run", *args, data_dir=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gdflow: error:")
+    assert names in lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_json_output_is_one_object_with_the_documented_fields(tmp_path, prefect_api) -> None:
+    result = gdflow("run", "--json", "--preset", "tutorial", api=prefect_api, data_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["flow_run"]["state"] == "Completed"
+    assert payload["flow_run"]["id"]
+    assert Path(payload["dataset"]["path"]).is_file()
+    assert Path(payload["figure"]).is_file()
+    assert set(payload["methods"]) == {"bgd", "sgd"}
+    for name, method in payload["methods"].items():
+        assert Path(method["history"]).is_file(), name
+        assert isinstance(method["final_loss"], float)
+    assert payload["methods"]["sgd"]["diverged"] is True
+    assert payload["methods"]["bgd"]["diverged"] is False
+
+
+def test_human_output_prints_a_summary_the_figure_and_the_tutorial_table(
+    tmp_path, prefect_api
+) -> None:
+    result = gdflow(
+        "run", "--preset", "tutorial", "--table", "bgd", api=prefect_api, data_dir=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "sgd diverged:" in out
+    assert "1/(1 + max x²)" in out
+    figure = next(line for line in out.splitlines() if line.startswith("Figure: "))
+    assert Path(figure.removeprefix("Figure: ")).is_file()
+    rows = [line for line in out.splitlines() if line[:2] in {f"{i}," for i in range(10)}]
+    rows += [line for line in out.splitlines() if line[:3] in {f"{i}," for i in range(10, 20)}]
+    assert len(rows) == 20
+    loss0 = float(rows[0].split(",")[1])
+    assert 596.7 - 15 < loss0 < 596.7 + 15
