@@ -60,6 +60,8 @@ def _overflow_epoch(h: History) -> int | None:
 def _label(h: History) -> str:
     """Legend label of a method: name, step size and, if any, how it failed."""
     text = f"{method_name(h.method)}, step {h.lr:g}"
+    if h.diverged and h.lr > h.stability_bound:
+        text += f" > stable bound {h.stability_bound:.3g}"
     if h.diverged:
         text += " — DIVERGED"
     overflow = _overflow_epoch(h)
