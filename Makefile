@@ -14,7 +14,7 @@ test: $(STAMP)  ## run the test suite
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check flows tasks tests benchmarks
+	$(BIN)/ruff check .
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
