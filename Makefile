@@ -16,6 +16,10 @@ test: $(STAMP)  ## run the test suite
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+bench: $(STAMP)  ## training speed against the anchors (ARGS="--quick" for 10^6 rows only)
+	$(BIN)/python -c "import sklearn" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python -m benchmarks.training $(ARGS)
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
+from uuid import UUID
 
-import numpy as np
 from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel, ConfigDict
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from tasks import caching
 from tasks.caching import STABLE_INPUTS, stable_digest
-from tasks.dataset import DatasetRef, load_columns
+from tasks.dataset import DatasetRef, load_columns, stream_columns
 from tasks.history import write_history
-from tasks.params import MethodSpec
+from tasks.params import Method, MethodSpec
 from tasks.paths import histories_dir
 from tasks.storage import FileRecord
-from tasks.training import train
+
+if TYPE_CHECKING:
+    from tasks.training import Progress as ProgressCallback
+
+# Data sets up to this size (x and y as float32) are loaded once and shared by the training
+# tasks of a process; larger ones stream from disk on every pass, in bounded memory.
+IN_MEMORY_BYTES = 1 << 30
+# A run shows a terminal bar and a Prefect progress artifact once it has worked this long.
+SHOW_PROGRESS_AFTER_S = 3.0
 
 
 class HistoryRef(BaseModel):
@@ -44,12 +63,37 @@ def history_path(data_dir: Path, dataset: DatasetRef, spec: MethodSpec) -> Path:
     return histories_dir(data_dir) / f"{spec.method.value}-{digest}.parquet"
 
 
-def fit(dataset: DatasetRef, spec: MethodSpec, target: Path) -> HistoryRef:
-    """Train `spec` on the data set and write its history to `target`."""
-    x, y = load_columns(dataset.file, dataset.x_col, dataset.y_col)
-    if spec.dtype == "float64":
-        x, y = x.astype(np.float64), y.astype(np.float64)
-    history = train(x, y, spec, dataset.stats())
+def streams(dataset: DatasetRef, spec: MethodSpec) -> bool:
+    """Whether training reads the data from disk pass by pass instead of holding it in memory.
+
+    The fast engine streams data larger than IN_MEMORY_BYTES, and never loads data for batch
+    gradient descent, which needs only the moments; the reference engine and shuffled epochs
+    need the data in memory.
+    """
+    if spec.engine != "fast" or (spec.shuffle and spec.method is not Method.bgd):
+        return False
+    return spec.method is Method.bgd or dataset.file.rows * 8 > IN_MEMORY_BYTES
+
+
+def fit(
+    dataset: DatasetRef,
+    spec: MethodSpec,
+    target: Path,
+    progress: ProgressCallback | None = None,
+) -> HistoryRef:
+    """Train `spec` on the data set and write its history to `target`.
+
+    `progress(epoch, loss)` is told about every tenth of the epochs (see training.train).
+    """
+    from tasks.training import stream_visits, train, train_visits  # numba: only on a miss
+
+    if streams(dataset, spec):
+        read = partial(stream_columns, dataset.file, dataset.x_col, dataset.y_col)
+        visits = stream_visits(dataset.file.rows, read)
+        history = train_visits(visits, spec, dataset.stats(), progress)
+    else:
+        x, y = load_columns(dataset.file, dataset.x_col, dataset.y_col)
+        history = train(x, y, spec, dataset.stats(), progress)
     record = write_history(
         history,
         target,
@@ -72,11 +116,104 @@ def fit(dataset: DatasetRef, spec: MethodSpec, target: Path) -> HistoryRef:
     )
 
 
+class _Bars:
+    """One terminal progress display shared by the training tasks running in this process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.display: Progress | None = None
+        self.users = 0
+
+    def add(self, label: str, total: int) -> int:
+        with self.lock:
+            if self.display is None:
+                self.display = Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    TaskProgressColumn(),
+                    TextColumn("loss {task.fields[loss]}"),
+                    TimeElapsedColumn(),
+                    console=Console(stderr=True),
+                    transient=True,
+                )
+                self.display.start()
+            self.users += 1
+            return self.display.add_task(label, total=total, loss="…")
+
+    def update(self, bar: int, epoch: int, loss: float) -> None:
+        with self.lock:
+            if self.display is not None:
+                self.display.update(bar, completed=epoch, loss=f"{loss:.4g}")
+
+    def remove(self, bar: int) -> None:
+        with self.lock:
+            if self.display is None:
+                return
+            self.display.remove_task(bar)
+            self.users -= 1
+            if self.users == 0:
+                self.display.stop()
+                self.display = None
+
+
+_bars = _Bars()
+
+
+class ProgressReport:
+    """Where one training run's progress goes: log lines about every tenth of the epochs, and,
+    once the run has worked SHOW_PROGRESS_AFTER_S, a Prefect progress artifact and (on a
+    terminal) a progress bar."""
+
+    def __init__(self, spec: MethodSpec, logger: logging.Logger | logging.LoggerAdapter) -> None:
+        self.spec = spec
+        self.logger = logger
+        self.started = time.monotonic()
+        self.artifact: UUID | None = None
+        self.bar: int | None = None
+
+    def __call__(self, epoch: int, loss: float) -> None:
+        epochs = self.spec.epochs
+        percent = 100.0 * epoch / epochs
+        name = self.spec.method.value
+        self.logger.info("%s: epoch %d/%d (%.0f%%), loss %.4g", name, epoch, epochs, percent, loss)
+        if time.monotonic() - self.started < SHOW_PROGRESS_AFTER_S and self.artifact is None:
+            return
+        if self.artifact is None:
+            self.artifact = create_progress_artifact(
+                percent,
+                key=f"train-{name}-progress",
+                description=f"Training {name}: share of the {epochs} epochs done",
+            )
+        else:
+            update_progress_artifact(self.artifact, percent)
+        if self.bar is None and sys.stderr.isatty():
+            self.bar = _bars.add(f"{name} ({epochs} epochs)", epochs)
+        if self.bar is not None:
+            _bars.update(self.bar, epoch, loss)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            _bars.remove(self.bar)
+            self.bar = None
+
+
+@contextlib.contextmanager
+def progress_report(
+    spec: MethodSpec, logger: logging.Logger | logging.LoggerAdapter
+) -> Iterator[ProgressReport]:
+    report = ProgressReport(spec, logger)
+    try:
+        yield report
+    finally:
+        report.close()
+
+
 @task(cache_policy=STABLE_INPUTS, persist_result=True)
 def train_method(dataset: DatasetRef, spec: MethodSpec, data_dir: str) -> HistoryRef:
     """Train one method and store its per-epoch history as Parquet."""
     logger = get_run_logger()
-    ref = fit(dataset, spec, history_path(Path(data_dir), dataset, spec))
+    with progress_report(spec, logger) as report:
+        ref = fit(dataset, spec, history_path(Path(data_dir), dataset, spec), report)
     if ref.diverged:
         logger.warning("%s diverged: %s", spec.method.value, ref.reason)
     logger.info(

@@ -14,7 +14,7 @@ full-data loss at the current (w, b); the last row holds the state after trainin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -37,51 +37,74 @@ def gradient_step(
     return w - lr * grad_w, b - lr * grad_b
 
 
+def point_step(
+    w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """gradient_step on a single point, where the means are the values themselves."""
+    error = w * x + b - y
+    return w - lr * (2 * error * x), b - lr * (2 * error)
+
+
+def batches(
+    x: torch.Tensor, y: torch.Tensor, size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive batches of `size` points (single points as 0-d tensors)."""
+    if size == 1:
+        return zip(x, y, strict=True)
+    return zip(x.split(size), y.split(size), strict=True)
+
+
 def train_reference(
     x: np.ndarray,
     y: np.ndarray,
     spec: MethodSpec,
     order: Callable[[int], np.ndarray] | None = None,
     device: str | torch.device = "cpu",
+    tick: Callable[[int, float], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Train in spec.dtype arithmetic; returns (loss, w, b, updates), each of length epochs + 1.
 
-    `order(e)` gives the visiting order of epoch e (shuffled SGD and mini-batch descent).
-    Training stops once the loss or a parameter is not finite: later rows are NaN and the
-    update count stays where it stopped.
+    `order(e)` gives the visiting order of epoch e (shuffled SGD and mini-batch descent);
+    `tick(e, loss)` hears the loss after each epoch e. Training stops once the loss or a
+    parameter is not finite: later rows are NaN and the update count stays where it stopped.
     """
     dtype = getattr(torch, spec.dtype)
     xt = torch.as_tensor(x, dtype=dtype, device=device)
     yt = torch.as_tensor(y, dtype=dtype, device=device)
     w = torch.tensor(spec.w0, dtype=dtype, device=device)
     b = torch.tensor(spec.b0, dtype=dtype, device=device)
-    n = xt.shape[0]
-    batch = {Method.bgd: n, Method.sgd: 1, Method.minibatch: spec.batch_size}[spec.method]
+    size = {Method.bgd: xt.shape[0], Method.sgd: 1, Method.minibatch: spec.batch_size}
+    step = point_step if spec.method is Method.sgd else gradient_step
 
     epochs = spec.epochs
     loss, ws, bs = np.full((3, epochs + 1), np.nan)
     updates = np.zeros(epochs + 1, dtype=np.int64)
     ws[0], bs[0] = w.item(), b.item()
     count = 0
-    for e in range(epochs):
-        loss[e] = full_loss(w, b, xt, yt)
-        if not math.isfinite(loss[e]):
-            break
-        if order is not None and spec.method is not Method.bgd:
-            perm = torch.as_tensor(order(e), device=device)
-            xe, ye = xt[perm], yt[perm]
-        else:
-            xe, ye = xt, yt
-        for lo in range(0, n, batch):
-            w, b = gradient_step(w, b, xe[lo : lo + batch], ye[lo : lo + batch], spec.lr)
-            count += 1
-            finite = math.isfinite(w.item()) and math.isfinite(b.item())
+    with torch.inference_mode():
+        for e in range(epochs):
+            loss[e] = full_loss(w, b, xt, yt)
+            if tick is not None and e > 0:
+                tick(e, loss[e])
+            if not math.isfinite(loss[e]):
+                break
+            if order is not None and spec.method is not Method.bgd:
+                perm = torch.as_tensor(order(e), device=device)
+                xe, ye = xt[perm], yt[perm]
+            else:
+                xe, ye = xt, yt
+            for xb, yb in batches(xe, ye, size[spec.method]):
+                w, b = step(w, b, xb, yb, spec.lr)
+                count += 1
+                finite = math.isfinite(w.item()) and math.isfinite(b.item())
+                if not finite:
+                    break
+            updates[e + 1 :] = count
             if not finite:
                 break
-        updates[e + 1 :] = count
-        if not finite:
-            break
-        ws[e + 1], bs[e + 1] = w.item(), b.item()
-    else:
-        loss[epochs] = full_loss(w, b, xt, yt)
+            ws[e + 1], bs[e + 1] = w.item(), b.item()
+        else:
+            loss[epochs] = full_loss(w, b, xt, yt)
+    if tick is not None:
+        tick(epochs, loss[epochs])
     return loss, ws, bs, updates

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -116,18 +118,69 @@ def is_intact(target: Path) -> bool:
     return stat.st_size == record.size and stat.st_mtime_ns == record.mtime_ns
 
 
+def _stat_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+_verified: dict[tuple[str, int, int], str] = {}
+_verify_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+_verify_guard = threading.Lock()
+
+
+def _changed(path: Path) -> CorruptFileError:
+    return CorruptFileError(
+        f"{path} changed since it was written (content hash differs); re-run to regenerate it"
+    )
+
+
+def verify(record: FileRecord) -> None:
+    """Check the file's bytes against its recorded hash, block by block (bounded memory).
+
+    A process hashes a file once while its size and mtime stay the same; concurrent callers
+    wait for that one pass instead of hashing it again.
+    """
+    path = Path(record.path)
+    with _verify_guard:
+        lock = _verify_locks[record.path]
+    with lock:
+        before = _stat_key(path)
+        if _verified.get(before) == record.sha256:
+            return
+        if sha256_file(path) != record.sha256:
+            raise _changed(path)
+        if _stat_key(path) == before:
+            _verified[before] = record.sha256
+
+
+def _unchanged_since(path: Path, before: tuple[str, int, int]) -> None:
+    if _stat_key(path) != before:
+        raise _changed(path)
+
+
 def read_verified(record: FileRecord, columns: list[str] | None = None) -> pa.Table:
     """Read a Parquet file whole after checking its bytes against the recorded hash."""
+    verify(record)
     path = Path(record.path)
-    with pa.memory_map(str(path)) as source:
-        buffer = source.read_buffer()
-        actual = hashlib.sha256(memoryview(buffer)).hexdigest()
-        if actual != record.sha256:
-            raise CorruptFileError(
-                f"{path} changed since it was written (content hash differs); "
-                "re-run to regenerate it"
-            )
-        return pq.read_table(pa.BufferReader(buffer), columns=columns)
+    before = _stat_key(path)
+    table = pq.read_table(path, columns=columns, memory_map=False)
+    _unchanged_since(path, before)
+    return table
+
+
+def iter_row_groups(record: FileRecord, columns: list[str]) -> Iterator[pa.Table]:
+    """The file's row groups one at a time, in order, after checking its recorded hash.
+
+    Memory stays at about one row group; a file that changes while it is read raises
+    CorruptFileError.
+    """
+    verify(record)
+    path = Path(record.path)
+    before = _stat_key(path)
+    with pq.ParquetFile(path, memory_map=False) as parquet:
+        for i in range(parquet.num_row_groups):
+            yield parquet.read_row_group(i, columns=columns)
+    _unchanged_since(path, before)
 
 
 def file_metadata(path: Path) -> dict[str, str]:

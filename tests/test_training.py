@@ -8,14 +8,13 @@ import warnings
 import numpy as np
 import pytest
 
-from tasks import kernels
-from tasks.kernels import batch_moments
 from tasks.params import Method, MethodSpec
 from tasks.stats import moments
 from tasks.training import (
     DIVERGENCE_FACTOR,
     divergence_reason,
     epoch_order,
+    in_order_batch_lambda,
     stability_bound,
     train,
 )
@@ -72,7 +71,7 @@ def test_bounds_equal_hand_values_on_tiny_data() -> None:
     assert stability_bound(make_spec(Method.sgd, 0.1), stats) == pytest.approx(0.1, rel=1e-12)
     # Batches [3, 1] and [2]: the first, with H = 2·[[5, 2], [2, 1]], bounds it at 3 - 2√2.
     spec = make_spec(Method.minibatch, 0.1, batch_size=2)
-    bound = stability_bound(spec, stats, batch_moments(x, x, 2))
+    bound = stability_bound(spec, stats, in_order_batch_lambda(x, x, spec))
     assert bound == pytest.approx(3.0 - 2.0 * math.sqrt(2.0), rel=1e-12)
 
 
@@ -81,8 +80,8 @@ def test_bounds_on_tutorial_shaped_data() -> None:
     stats = moments(x, y)
     assert stability_bound(make_spec(Method.bgd, 0.1), stats) == pytest.approx(0.12, abs=5e-4)
     assert stability_bound(make_spec(Method.sgd, 0.1), stats) == pytest.approx(1 / 26, rel=1e-6)
-    one_batch = batch_moments(x, y, 100)
-    bgd_like = stability_bound(make_spec(Method.minibatch, 0.1, batch_size=100), stats, one_batch)
+    whole = make_spec(Method.minibatch, 0.1, batch_size=100)
+    bgd_like = stability_bound(whole, stats, in_order_batch_lambda(x, y, whole))
     assert bgd_like == pytest.approx(stability_bound(make_spec(Method.bgd, 0.1), stats), rel=1e-9)
 
 
@@ -96,20 +95,14 @@ def test_bgd_bound_separates_convergence_from_divergence(factor: float, grows: b
 
 
 @pytest.mark.parametrize("batch_size", [3, 7, 40])
-def test_batch_moments_agree_with_per_batch_numpy_across_chunks(
-    monkeypatch: pytest.MonkeyPatch, batch_size: int
-) -> None:
-    monkeypatch.setattr(kernels, "_CHUNK", 16)
+def test_batch_lambda_is_the_largest_batch_hessian_eigenvalue(batch_size: int) -> None:
     x, y = line_data(101, seed=5)
-    got = batch_moments(x, y, batch_size)
-    starts = range(0, 101, batch_size)
-    xb = [x[s : s + batch_size] for s in starts]
-    yb = [y[s : s + batch_size] for s in starts]
-    np.testing.assert_allclose(got.mean_x, [b.mean() for b in xb], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(got.mean_y, [b.mean() for b in yb], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(got.var_x, [b.var() for b in xb], rtol=1e-12, atol=1e-12)
-    cov = [np.mean((a - a.mean()) * (c - c.mean())) for a, c in zip(xb, yb, strict=True)]
-    np.testing.assert_allclose(got.cov_xy, cov, rtol=1e-10, atol=1e-12)
+    spec = make_spec(Method.minibatch, 0.1, batch_size=batch_size)
+    largest = max(
+        np.linalg.eigvalsh(2 * np.array([[np.mean(b * b), b.mean()], [b.mean(), 1.0]])).max()
+        for b in (x[lo : lo + batch_size] for lo in range(0, 101, batch_size))
+    )
+    assert in_order_batch_lambda(x, y, spec) == pytest.approx(largest, rel=1e-12)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
