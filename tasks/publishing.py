@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
+from tasks import reporting
 from tasks.caching import stable_digest
 from tasks.dataset import DatasetRef
 from tasks.fitting import HistoryRef
@@ -27,6 +29,7 @@ from tasks.reporting import (
 )
 from tasks.storage import write_bytes_atomic
 
+_REPORTING_SOURCE = hashlib.sha256(Path(reporting.__file__).read_bytes()).hexdigest()
 COMPARISON_KEY = "gd-comparison"
 LOSSES_KEY = "gd-losses"
 
@@ -48,7 +51,8 @@ def report_name(params: RunParams) -> str:
     return f"{params.preset}-{stable_digest(relevant)[:10]}"
 
 
-def caption(params: RunParams) -> str:
+def caption(params: RunParams, source: str) -> str:
+    """The figure's caption: where the data came from, then the training settings."""
     steps = ", ".join(f"{m.value} {params.lr(m):g}" for m in params.methods)
     batch = (
         f" (batch {params.batch_size})"
@@ -56,12 +60,24 @@ def caption(params: RunParams) -> str:
         else ""
     )
     order = "shuffled each epoch" if params.shuffle else "in stored order"
+    data = (
+        f"data: {source}"
+        if params.data
+        else f"n = {params.n_samples:,}, noise σ = {params.noise_std:g}, seed {params.seed}"
+    )
     return (
-        f"preset {params.preset} · n = {params.n_samples:,}, noise σ = {params.noise_std:g}, "
-        f"seed {params.seed} · {params.epochs} epochs "
+        f"preset {params.preset} · {data} · {params.epochs} epochs "
         f"from (w, b) = ({params.w0:g}, {params.b0:g}) · "
         f"step sizes: {steps}{batch} · points {order} · {params.dtype}, {params.engine} engine"
     )
+
+
+def _figure_is_current(drawn: Path, inputs: str, *figures: Path) -> bool:
+    """True when the figure files exist and were drawn from exactly these inputs."""
+    try:
+        return drawn.read_text() == inputs and all(f.is_file() for f in figures)
+    except OSError:
+        return False
 
 
 def _json_number(value: float) -> float | None:
@@ -75,19 +91,25 @@ def publish_report(
     """Draw the comparison figure and publish it with the results tables."""
     out = reports_dir(Path(data_dir)) / report_name(params)
     loaded = [read_history(h.file) for h in histories]
-    text = caption(params)
-    figure = build_figure(
-        loaded,
-        np.asarray(dataset.preview_x),
-        np.asarray(dataset.preview_y),
-        dataset.stats(),
-        true_slope=params.slope,
-        true_intercept=params.intercept,
-        caption=text,
-    )
+    text = caption(params, dataset.source)
+    # The user's own data has no known true line: the synthetic slope/intercept do not apply.
+    slope, intercept = (None, None) if params.data else (params.slope, params.intercept)
     png, svg = out / "comparison.png", out / "comparison.svg"
-    save_figure(figure, png, svg)
-    rows = results_rows(loaded, dataset.stats(), params.slope, params.intercept)
+    drawn = out / "figure-inputs.json"
+    inputs = stable_digest(dataset.file, [h.file for h in histories], text, _REPORTING_SOURCE)
+    if not _figure_is_current(drawn, inputs, png, svg):
+        figure = build_figure(
+            loaded,
+            np.asarray(dataset.preview_x),
+            np.asarray(dataset.preview_y),
+            dataset.stats(),
+            true_slope=slope,
+            true_intercept=intercept,
+            caption=text,
+        )
+        save_figure(figure, png, svg)
+        write_bytes_atomic(drawn, inputs.encode())
+    rows = results_rows(loaded, dataset.stats(), slope, intercept)
     create_markdown_artifact(
         key=COMPARISON_KEY,
         markdown=comparison_markdown(rows, png.read_bytes(), text, dataset.source),

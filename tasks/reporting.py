@@ -9,17 +9,16 @@ import textwrap
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.colors import LogNorm
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
 
 from tasks.history import History
 from tasks.stats import Moments
+
+if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 DPI = 110
 FIGSIZE = (14.0, 10.0)
@@ -31,7 +30,7 @@ _COLOURS = {"bgd": "#0072B2", "sgd": "#D55E00", "minibatch": "#009E73"}
 _SPARE_COLOURS = ("#CC79A7", "#E69F00", "#56B4E9", "#000000")
 _NAMES = {"bgd": "Batch GD", "sgd": "Stochastic GD", "minibatch": "Mini-batch GD"}
 _GRID = 220  # contour grid points per axis
-_BIG = 1e300  # larger finite values are treated as off any chart
+_BIG = 1e200  # larger values are off any chart: log-axis ticks beyond 1e300 overflow to inf
 
 Limits = tuple[float, float]
 
@@ -84,7 +83,7 @@ def _log_limits(values: np.ndarray) -> Limits:
         return 0.1, 10.0
     lo, hi = math.log10(v.min()), math.log10(v.max())
     pad = max(0.04 * (hi - lo), 0.12)
-    return 10.0 ** max(lo - pad, -300.0), 10.0 ** min(hi + pad, 300.0)
+    return 10.0 ** max(lo - pad, -200.0), 10.0 ** min(hi + pad, 200.0)
 
 
 def _markevery(count: int) -> int:
@@ -159,6 +158,8 @@ def _panel_loss(ax: Axes, histories: Sequence[History], floor: float, use_update
     else:
         last = max(h.epochs for h in histories)
         ax.set_xlim(*_padded(0.0, float(last), 0.02))
+        from matplotlib.ticker import MaxNLocator
+
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch (full passes over the data)")
         ax.set_title("Loss per epoch", loc="left", fontweight="bold")
@@ -179,10 +180,10 @@ def _panel_data(
     histories: Sequence[History],
     x: np.ndarray,
     y: np.ndarray,
-    true_slope: float,
-    true_intercept: float,
+    true_slope: float | None,
+    true_intercept: float | None,
 ) -> None:
-    """Data panel: the points, the true line and each method's final fitted line."""
+    """Data panel: the points, the true line (None: unknown) and each method's fitted line."""
     idx = _subsample(int(x.shape[0]))
     xs, ys = x[idx].astype(np.float64), y[idx].astype(np.float64)
     ok = np.isfinite(xs) & np.isfinite(ys)
@@ -202,15 +203,16 @@ def _panel_data(
     )
     x_lo, x_hi = (float(xs.min()), float(xs.max())) if xs.size else (0.0, 1.0)
     line_x = np.array([x_lo, x_hi])
-    ax.plot(
-        line_x,
-        true_slope * line_x + true_intercept,
-        "--",
-        color="black",
-        lw=1.6,
-        zorder=3,
-        label=f"true line  y = {true_slope:g}·x + {true_intercept:g}",
-    )
+    if true_slope is not None and true_intercept is not None:
+        ax.plot(
+            line_x,
+            true_slope * line_x + true_intercept,
+            "--",
+            color="black",
+            lw=1.6,
+            zorder=3,
+            label=f"true line  y = {true_slope:g}·x + {true_intercept:g}",
+        )
     for i, h in enumerate(histories):
         w, b = float(h.w[-1]), float(h.b[-1])
         name = method_name(h.method)
@@ -235,7 +237,8 @@ def _panel_data(
         )
     ax.set_xlim(*_padded(x_lo, x_hi, 0.02))
     ax.set_ylim(*(_padded(float(ys.min()), float(ys.max()), 0.06) if ys.size else (0.0, 1.0)))
-    ax.legend(loc="upper right" if true_slope < 0 else "upper left", fontsize=8.5, framealpha=0.9)
+    corner = "upper right" if true_slope is not None and true_slope < 0 else "upper left"
+    ax.legend(loc="best" if true_slope is None else corner, fontsize=8.5, framealpha=0.9)
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_title("Data and the fitted lines after training", loc="left", fontweight="bold")
@@ -326,6 +329,8 @@ def _draw_path(ax: Axes, h: History, colour: str, wl: Limits, bl: Limits) -> Non
 
 def _panel_paths(ax: Axes, histories: Sequence[History], moments: Moments) -> None:
     """Contours of the MSE over (w, b) with each method's per-epoch path."""
+    from matplotlib.colors import LogNorm
+
     start = (float(histories[0].w[0]), float(histories[0].b[0]))
     best = moments.least_squares()
     wl, bl = _box(histories, start, best)
@@ -406,11 +411,14 @@ def build_figure(
     y: np.ndarray,
     moments: Moments,
     *,
-    true_slope: float,
-    true_intercept: float,
+    true_slope: float | None,
+    true_intercept: float | None,
     caption: str,
 ) -> Figure:
     """The 2x2 comparison figure: loss per epoch, loss per update, data and fits, paths."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
     if not histories:
         raise ValueError("need at least one history to draw")
     handles = [
@@ -460,9 +468,15 @@ def save_figure(fig: Figure, png_path: Path, svg_path: Path) -> None:
 
 
 def results_rows(
-    histories: list[History], moments: Moments, true_slope: float, true_intercept: float
+    histories: list[History],
+    moments: Moments,
+    true_slope: float | None,
+    true_intercept: float | None,
 ) -> list[dict[str, Any]]:
-    """One summary row per method; non-finite numbers are kept as float inf/nan."""
+    """One summary row per method; non-finite numbers are kept as float inf/nan.
+
+    Without a true line (the user's own data) the differences to it are None (empty cells).
+    """
     w_ls, b_ls = moments.least_squares()
     rows = []
     for h in histories:
@@ -474,8 +488,8 @@ def results_rows(
                 "final_loss": h.final_loss,
                 "w": w,
                 "b": b,
-                "w_minus_true": w - true_slope,
-                "b_minus_true": b - true_intercept,
+                "w_minus_true": None if true_slope is None else w - true_slope,
+                "b_minus_true": None if true_intercept is None else b - true_intercept,
                 "w_minus_lstsq": w - w_ls,
                 "b_minus_lstsq": b - b_ls,
                 "updates": h.total_updates,

@@ -67,11 +67,18 @@ def test_tutorial_preset_completes_with_sgd_marked_diverged(tmp_path) -> None:
     assert sgd["final_loss"] > 1e9
 
 
+def _listing(folder: Path) -> set[Path]:
+    return set(folder.rglob("*")) if folder.exists() else set()
+
+
 def test_repeat_run_is_cached_and_does_no_training(tmp_path, default_storage) -> None:
+    before = _listing(default_storage)
     first, _ = run(tmp_path)
     mtimes = {n: Path(m["file"]["path"]).stat().st_mtime_ns for n, m in first["methods"].items()}
     dataset_mtime = Path(first["dataset"]["path"]).stat().st_mtime_ns
+    figure_mtime = Path(first["figure"]).stat().st_mtime_ns
     second, states = run(tmp_path)
+    assert Path(second["figure"]).stat().st_mtime_ns == figure_mtime  # not redrawn
     assert states["generate-n100-seed0"] == "Cached"
     assert {states[f"train-{n}"] for n in ("bgd", "sgd", "minibatch")} == {"Cached"}
     assert states["publish-report"] == "Completed"
@@ -81,7 +88,7 @@ def test_repeat_run_is_cached_and_does_no_training(tmp_path, default_storage) ->
         assert m == first["methods"][n]
     # cache records live under the data directory, never in Prefect's default storage
     assert any((tmp_path / "cache").iterdir())
-    assert not default_storage.exists() or not any(default_storage.iterdir())
+    assert _listing(default_storage) == before
 
 
 def test_changing_one_step_size_retrains_only_that_method(tmp_path) -> None:
@@ -116,8 +123,10 @@ def test_damaged_dataset_is_regenerated_and_retrained(tmp_path, damage: str) -> 
 
 def test_deleted_history_is_retrained(tmp_path) -> None:
     first, _ = run(tmp_path)
+    figure_mtime = Path(first["figure"]).stat().st_mtime_ns
     Path(first["methods"]["bgd"]["file"]["path"]).unlink()
     second, states = run(tmp_path)
+    assert Path(second["figure"]).stat().st_mtime_ns != figure_mtime  # redrawn
     assert states["train-bgd"] == "Completed"
     assert states["train-sgd"] == "Cached"
     assert Path(second["methods"]["bgd"]["file"]["path"]).is_file()
