@@ -5,40 +5,46 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.cache_policies import CachePolicy
-from prefect.locking.filesystem import FileSystemLockManager
+from prefect import State, flow, get_run_logger
+from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
-from prefect.transactions import IsolationLevel
 
-from tasks.caching import STABLE_INPUTS
-from tasks.dataset import dataset_path, generate_dataset
+from flows.common import cached
+from tasks.datafile import stat_source
+from tasks.dataset import DatasetRef, dataset_path, generate_dataset
 from tasks.fitting import history_path, train_method
 from tasks.params import RunParams
-from tasks.paths import cache_dir, locks_dir, resolve_data_dir
+from tasks.paths import resolve_data_dir
 from tasks.publishing import publish_report
-from tasks.storage import is_intact
+from tasks.userdata import load_user_data, user_dataset_path
 
 
 def _run_name() -> str:
     params = flow_run.parameters.get("params")
     if not isinstance(params, RunParams):
         params = RunParams.model_validate(params or {})
+    data = Path(params.data).stem if params.data else f"n{params.n_samples}"
     methods = "+".join(m.value for m in params.methods)
-    return f"{params.preset}-n{params.n_samples}-e{params.epochs}-{methods}"
+    return f"{params.preset}-{data}-e{params.epochs}-{methods}"
 
 
-def _cached(task: Any, data_dir: Path, output: Path, refresh: bool) -> Any:
-    """The task with result storage and locks under `data_dir`; refreshed if its file is gone."""
-    policy: CachePolicy = STABLE_INPUTS.configure(
-        lock_manager=FileSystemLockManager(lock_files_directory=locks_dir(data_dir)),
-        isolation_level=IsolationLevel.SERIALIZABLE,
-    )
-    return task.with_options(
-        cache_policy=policy,
-        result_storage=cache_dir(data_dir),
-        refresh_cache=refresh or not is_intact(output),
-    )
+def _tag_run(tag: str) -> None:
+    """Add `tag` to this flow run, however it was started (CLI, deployment, schedule)."""
+    if tag not in flow_run.tags:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, tags=[*flow_run.tags, tag])
+
+
+def _dataset(params: RunParams, data_dir: Path) -> State[DatasetRef]:
+    """The user's file copied in (params.data), else the synthetic data set; cached."""
+    if params.data:
+        source = stat_source(params.data)
+        stored = user_dataset_path(data_dir, source, params.x_col, params.y_col)
+        load = cached(load_user_data, data_dir, stored, params.refresh)
+        return load(source, params.x_col, params.y_col, str(data_dir), return_state=True)
+    spec = params.data_spec()
+    generate = cached(generate_dataset, data_dir, dataset_path(data_dir, spec), params.refresh)
+    return generate(spec, str(data_dir), return_state=True)
 
 
 @flow(name="gd-comparison", flow_run_name=_run_name, persist_result=False)
@@ -47,23 +53,25 @@ def gd_comparison(params: RunParams | None = None) -> dict[str, Any]:
     params = params or RunParams()
     logger = get_run_logger()
     data_dir = resolve_data_dir(params.data_dir)
-    spec = params.data_spec()
 
-    dataset_file = dataset_path(data_dir, spec)
-    regenerate = params.refresh or not is_intact(dataset_file)
-    dataset = _cached(generate_dataset, data_dir, dataset_file, regenerate)(spec, str(data_dir))
+    _tag_run(f"preset:{params.preset}")
+
+    state = _dataset(params, data_dir)
+    dataset = state.result()
+    origin = "cached" if state.name == "Cached" else "copied in" if params.data else "generated"
     logger.info(
-        "Dataset: %s rows, sha256 %s (%s)",
+        "Dataset: %s rows, sha256 %s, %s (%s)",
         f"{dataset.file.rows:,}",
         dataset.file.sha256[:12],
+        origin,
         dataset.source,
     )
 
     futures = []
     for method in params.methods:
-        method_spec = params.method_spec(method)
+        method_spec = params.method_spec(method, dataset.file.rows)
         output = history_path(data_dir, dataset, method_spec)
-        trainer = _cached(train_method, data_dir, output, params.refresh).with_options(
+        trainer = cached(train_method, data_dir, output, params.refresh).with_options(
             task_run_name=f"train-{method.value}-lr{method_spec.lr:g}"
         )
         futures.append(trainer.submit(dataset, method_spec, str(data_dir)))

@@ -1,0 +1,221 @@
+"""Which Prefect server a command talks to; serving the flow on a schedule; a local server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from typing import Any
+
+from flows.preflight import BrokenEnvironment, check_server
+from tasks.params import InputError, RunParams
+from tasks.paths import resolve_data_dir
+
+WORK_POOL = "gdflow"  # the process work pool of prefect.yaml's deployments
+SERVER_START_TIMEOUT_S = 120.0
+
+
+def configured_api() -> str | None:
+    """The Prefect API URL from the environment or the active profile; None means temporary."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url
+
+
+def api_is_up(api_url: str, timeout: float = 2.0) -> bool:
+    """Whether a Prefect server answers its health check at `api_url`."""
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as reply:
+            return reply.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def require_api(command: str) -> str:
+    """The URL of a running server; an InputError says how to start one if none is set."""
+    api = configured_api()
+    if not api:
+        raise InputError(
+            f"`gdflow {command}` needs a running Prefect server: start one with `gdflow server`, "
+            "then set PREFECT_API_URL to the API address it prints"
+        )
+    check_server()
+    return api
+
+
+def describe_target() -> str:
+    """Where flows will run: the configured server, or a temporary one."""
+    api = configured_api()
+    if not api:
+        return "a temporary local Prefect server (start one with `gdflow server` to keep runs)"
+    return f"the Prefect server at {api}"
+
+
+@contextlib.contextmanager
+def temporary_server_starting() -> Iterator[None]:
+    """With no server configured, boot Prefect's temporary server while the body runs.
+
+    The server boots in its own process, so the body (the flow's imports) overlaps it;
+    on exit the server is up and a flow run uses it, as it would have started it anyway.
+    """
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    def boot() -> None:
+        with contextlib.suppress(Exception):  # the flow run retries a failed start, and reports it
+            SubprocessASGIServer().start()
+
+    booting = threading.Thread(target=boot, daemon=True)
+    booting.start()
+    try:
+        yield
+    finally:
+        booting.join()
+
+
+def _schedule(cron: str | None, interval: float | None) -> Any:
+    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+    from pydantic import ValidationError
+
+    if (cron is None) == (interval is None):
+        raise InputError("give exactly one of --cron or --interval, e.g. --cron '0 2 * * *'")
+    if interval is not None:
+        if not interval > 0:
+            raise InputError(
+                f"invalid --interval: must be a positive number of seconds ({interval})"
+            )
+        return IntervalSchedule(interval=timedelta(seconds=interval))
+    try:
+        return CronSchedule(cron=cron, timezone="UTC")
+    except ValidationError as exc:
+        reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise InputError(f"invalid --cron {cron!r}: {reason}; e.g. '0 2 * * *'") from None
+
+
+def deployment_parameters(params: RunParams, given: Iterable[str]) -> dict[str, Any]:
+    """The flow's parameters for a deployment: the fields given, paths made absolute.
+
+    Fields left out stay out, so the preset (and later defaults) fill them in at run time.
+    """
+    values = params.model_dump(mode="json", include=set(given))
+    if params.data_dir is not None:
+        values["data_dir"] = str(resolve_data_dir(params.data_dir))
+    return {"params": values}
+
+
+def serve_comparison(
+    params: RunParams, given: Iterable[str], name: str, cron: str | None, interval: float | None
+) -> None:
+    """Serve the comparison with the `given` fields of `params` on a schedule until interrupted."""
+    from prefect.deployments.runner import EntrypointType
+
+    schedule = _schedule(cron, interval)
+    require_api("serve")
+    from flows.comparison import gd_comparison
+
+    gd_comparison.serve(
+        name=name,
+        schedules=[schedule],
+        parameters=deployment_parameters(params, given),
+        tags=["gdflow", "served"],
+        description="The gd-comparison flow, served by `gdflow serve`.",
+        entrypoint_type=EntrypointType.MODULE_PATH,  # runs resolve from any directory
+    )
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        return sock.connect_ex((host, port)) == 0
+
+
+def server_env(host: str, port: int) -> dict[str, str]:
+    """The server's environment: analytics off, listening on host:port, its UI pointing there."""
+    return {
+        **os.environ,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_API_HOST": host,
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_API_URL": f"http://{host}:{port}/api",
+    }
+
+
+def ensure_work_pool(api_url: str) -> None:
+    """Create the process work pool prefect.yaml's deployments use, unless it exists."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.workers.process import ProcessWorker
+
+    pool = WorkPoolCreate(
+        name=WORK_POOL,
+        type="process",
+        base_job_template=ProcessWorker.get_default_base_job_template(),
+    )
+    with SyncPrefectClient(api_url) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(pool)
+
+
+def _wait_until_up(server: subprocess.Popen[bytes], api_url: str) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while not api_is_up(api_url, timeout=1.0):
+        if server.poll() is not None:
+            raise BrokenEnvironment(f"the Prefect server exited with code {server.returncode}")
+        if time.monotonic() > deadline:
+            server.terminate()
+            raise BrokenEnvironment(
+                f"no answer from the Prefect server in {SERVER_START_TIMEOUT_S:g} s"
+            )
+        time.sleep(0.25)
+
+
+def run_server(host: str, port: int) -> int:
+    """Run `prefect server start` on host:port until interrupted; print where its UI is."""
+    if _port_in_use(host, port):
+        raise InputError(
+            f"port {port} on {host} is already in use (a server already running?); "
+            "pick another with --port"
+        )
+    address = f"http://{host}:{port}"
+    api_url = f"{address}/api"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start"], env=server_env(host, port)
+    )
+    stopped = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopped
+        stopped = True
+        server.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        _wait_until_up(server, api_url)
+        ensure_work_pool(api_url)
+        print(
+            f"\nPrefect UI: {address}\n"
+            f"Point gdflow at it from another terminal:  export PREFECT_API_URL={api_url}\n"
+            f"Work pool for prefect.yaml's deployments: {WORK_POOL} (process)\n"
+            "Stop the server with Ctrl-C.",
+            flush=True,
+        )
+        code = server.wait()
+    except KeyboardInterrupt:  # Ctrl-C reaches the server too; give it time to shut down
+        stop()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return 0 if stopped else code

@@ -1,0 +1,135 @@
+"""Scheduled use end to end: prefect.yaml deployed to a real server, a run executed by a worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import Deployment
+
+from flows.serving import WORK_POOL, ensure_work_pool
+from tasks.paths import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow  # one `prefect deploy` and one worker process
+
+
+def prefect(*args: str, api: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The `prefect` command line, run from the repository root against `api`."""
+    return subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PREFECT_API_URL": api, **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def deployments(prefect_api: str) -> dict[str, Deployment]:
+    """prefect.yaml's deployments, created with `prefect deploy --all` as README says."""
+    ensure_work_pool(prefect_api)
+    result = prefect("--no-prompt", "deploy", "--all", api=prefect_api)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with get_client(sync_client=True) as client:
+        found = client.read_deployments(
+            deployment_filter=DeploymentFilter(
+                name=DeploymentFilterName(any_=["nightly", "tutorial"])
+            )
+        )
+    return {d.name: d for d in found}
+
+
+def test_prefect_yaml_declares_a_nightly_and_a_tutorial_deployment(deployments) -> None:
+    assert set(deployments) == {"nightly", "tutorial"}
+    nightly, tutorial = deployments["nightly"], deployments["tutorial"]
+    assert nightly.parameters == {"params": {"preset": "default"}}
+    assert tutorial.parameters == {"params": {"preset": "tutorial"}}
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+    for d in deployments.values():
+        assert d.entrypoint == "flows/comparison.py:gd_comparison"
+        assert d.work_pool_name == WORK_POOL
+        assert d.enforce_parameter_schema
+        assert "params" in d.parameter_openapi_schema["properties"]
+        (step,) = d.pull_steps
+        directory = step["prefect.deployments.steps.set_working_directory"]["directory"]
+        assert Path(directory) == PROJECT_ROOT
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [({"epochs": 0}, "params.epochs"), ({"epoch": 5}, "'epoch' was unexpected")],
+)
+def test_a_bad_parameter_is_refused_when_the_run_is_requested(
+    deployments, prefect_api, bad: dict[str, Any], named: str
+) -> None:
+    result = prefect(
+        "deployment",
+        "run",
+        "gd-comparison/tutorial",
+        "--param",
+        f"params={json.dumps(bad)}",
+        api=prefect_api,
+    )
+    assert result.returncode == 1
+    assert named in " ".join((result.stdout + result.stderr).split())
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(deployment_id={"any_": [deployments["tutorial"].id]})
+        )
+    assert runs == []
+
+
+def test_a_scheduled_run_is_executed_by_a_worker(deployments, prefect_api, tmp_path) -> None:
+    nightly = deployments["nightly"]
+    with get_client(sync_client=True) as client:
+        # what the scheduler creates for each occurrence: a Scheduled run of the deployment
+        scheduled = client.create_flow_run_from_deployment(nightly.id, tags=["auto-scheduled"])
+    worker = prefect(
+        "worker",
+        "start",
+        "--pool",
+        WORK_POOL,
+        "--run-once",
+        api=prefect_api,
+        GDFLOW_DATA_DIR=str(tmp_path),
+    )
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(scheduled.id)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gd-comparison"])),
+            flow_run_filter=FlowRunFilter(id={"any_": [run.id]}),
+        )
+        logs = [
+            log.message
+            for log in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
+            )
+        ]
+    assert run.state_name == "Completed", run.state
+    assert run.name == "default-n100-e20-bgd+sgd+minibatch"
+    assert {"auto-scheduled", "nightly", "preset:default"} <= set(run.tags)
+    (artifact,) = artifacts
+    assert "data:image/png;base64," in artifact.data
+    assert any(m.startswith("Dataset: 100 rows, sha256 ") and "generated" in m for m in logs)
+    for method in ("bgd", "sgd", "minibatch"):
+        assert any(m.startswith(f"{method}: final loss") for m in logs), method
+    assert list((tmp_path / "reports").glob("default-*/comparison.png"))
