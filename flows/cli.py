@@ -8,15 +8,17 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, get_origin
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from tasks.params import RunParams
+from flows.cachecmd import cache
+from flows.preflight import BrokenEnvironment, check_run, explain_failure, quiet_known_tracebacks
+from tasks.params import InputError, RunParams, SweepParams
 
 try:  # recent typer releases carry their own copy of click
     from typer._click import exceptions as click_exc
@@ -24,9 +26,12 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_exc  # type: ignore[no-redef]
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A temporary server on a fresh Prefect home, on a busy machine, can take longer than 20 s.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+Params = TypeVar("Params", bound=BaseModel)
 
 app = typer.Typer(
     add_completion=False,
@@ -46,7 +51,7 @@ def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _describe_error(exc: ValidationError) -> str:
+def _describe_error(exc: ValidationError, command: str = "run") -> str:
     first = exc.errors()[0]
     message = str(first["msg"]).removeprefix("Value error, ")
     if not first["loc"]:
@@ -54,15 +59,17 @@ def _describe_error(exc: ValidationError) -> str:
     field = str(first["loc"][0])
     got = first.get("input")
     shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
-    return f"invalid {option_name(field)}: {message}{shown}; see `gdflow run --help`"
+    return f"invalid {option_name(field)}: {message}{shown}; see `gdflow {command} --help`"
 
 
-def parse_params(values: dict[str, Any]) -> RunParams:
-    """RunParams from the options the user gave; the preset fills in the rest."""
+def parse_params(
+    values: dict[str, Any], model: type[Params] = RunParams, command: str = "run"
+) -> Params:
+    """The command's parameters from the options the user gave; defaults fill in the rest."""
     try:
-        return RunParams.model_validate(values)
+        return model.model_validate(values)
     except ValidationError as exc:
-        raise UserError(_describe_error(exc)) from None
+        raise UserError(_describe_error(exc, command)) from None
 
 
 def _finite(value: Any) -> Any:
@@ -73,11 +80,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
-
-
-def _server_mode() -> str:
-    url = os.environ.get("PREFECT_API_URL")
-    return f"Prefect server at {url}" if url else "a temporary local Prefect server"
 
 
 def _print_summary(result: dict[str, Any], run_name: str, state: str) -> None:
@@ -120,22 +122,36 @@ def _print_tutorial_table(history_path: str, method: str) -> None:
         print(f"{i}, {float(h.loss[i])!r}, {float(h.w[i + 1])!r}, {float(h.b[i + 1])!r}")
 
 
+def _server_mode() -> str:
+    """Where flows will run: the configured Prefect server, or a temporary one."""
+    from flows.serving import describe_target
+
+    return describe_target()
+
+
 def _run(params: RunParams, as_json: bool, table: str | None) -> int:
     if table is not None and table not in {m.value for m in params.methods}:
         raise UserError(f"--table {table}: that method is not being run; pick one of --methods")
+    check_run(params)
+    target = _server_mode()
     if not as_json:
-        err.print(f"Running gd-comparison on {_server_mode()} ...")
-    from flows.comparison import gd_comparison
+        err.print(f"Running gd-comparison on {target} ...")
+    from flows.serving import temporary_server_starting
 
+    with temporary_server_starting():
+        from flows.comparison import gd_comparison
+
+    quiet_known_tracebacks()
     state = gd_comparison(params=params, return_state=True)
     run_id = str(state.state_details.flow_run_id)
     if not state.is_completed():
-        message = state.message or state.name
+        known = explain_failure(state.result(raise_on_failure=False))
+        code, message = known or (EXIT_FAILED, f"the run ended {state.name}: {state.message}")
         if as_json:
             print(json.dumps({"flow_run": {"id": run_id, "state": state.name}, "error": message}))
         else:
-            err.print(f"[red]gdflow: the run ended {state.name}: {message}[/red]")
-        return EXIT_FAILED
+            err.print(f"gdflow: error: {message}", highlight=False, soft_wrap=True, markup=False)
+        return code
     result = state.result()
     run_name = _flow_run_name(run_id)
     if as_json:
@@ -162,15 +178,16 @@ def _flow_run_name(run_id: str) -> str:
         return client.read_flow_run(run_id).name
 
 
-def _field_option(name: str) -> inspect.Parameter:
-    field = RunParams.model_fields[name]
+def _field_option(name: str, model: type[BaseModel] = RunParams) -> inspect.Parameter:
+    field = model.model_fields[name]
     default = field.get_default(call_default_factory=True)
     if isinstance(default, list):
         default = ",".join(getattr(v, "value", str(v)) for v in default)
-    help_text = f"{field.description} (default: {default})"
+    listed = get_origin(field.annotation) is list
+    help_text = f"{field.description}{' Comma-separated' if listed else ''} (default: {default})"
     annotation: Any
-    if name == "methods":
-        annotation, help_text = str | None, help_text.replace(" (", " Comma-separated (", 1)
+    if listed:
+        annotation = str | None
     elif field.annotation is bool:
         annotation = bool | None
     elif field.annotation in (int, float):
@@ -187,25 +204,32 @@ def _field_option(name: str) -> inspect.Parameter:
     )
 
 
+def _given(options: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """The field options the user gave, comma-separated lists split."""
+    values = {k: v for k, v in options.items() if v is not None}
+    for name, field in model.model_fields.items():
+        if name in values and get_origin(field.annotation) is list:
+            values[name] = [item.strip() for item in values[name].split(",") if item.strip()]
+    return values
+
+
 def run(**options: Any) -> None:
     """Run the comparison: generate data, train each method, publish the figure."""
     as_json = options.pop("json_output")
     table = options.pop("table")
-    values = {k: v for k, v in options.items() if v is not None}
-    if "methods" in values:
-        values["methods"] = [m.strip() for m in values["methods"].split(",") if m.strip()]
-    raise typer.Exit(_run(parse_params(values), as_json, table))
+    raise typer.Exit(_run(parse_params(_given(options, RunParams)), as_json, table))
 
 
+_JSON_OPTION = inspect.Parameter(
+    "json_output",
+    inspect.Parameter.KEYWORD_ONLY,
+    annotation=bool,
+    default=typer.Option(False, "--json", help="Print one JSON object on stdout."),
+)
 run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
     [_field_option(name) for name in RunParams.model_fields]
     + [
-        inspect.Parameter(
-            "json_output",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=bool,
-            default=typer.Option(False, "--json", help="Print one JSON object on stdout."),
-        ),
+        _JSON_OPTION,
         inspect.Parameter(
             "table",
             inspect.Parameter.KEYWORD_ONLY,
@@ -220,6 +244,178 @@ run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
     ]
 )
 app.command("run")(run)
+app.command("cache")(cache)
+
+
+def serve(**options: Any) -> None:
+    """Serve the comparison on a schedule from this machine (needs a running server)."""
+    from flows.serving import serve_comparison
+
+    schedule = {k: options.pop(k) for k in ("cron", "interval", "name")}
+    given = _given(options, RunParams)
+    serve_comparison(parse_params(given, command="serve"), given, **schedule)
+
+
+serve.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [_field_option(name) for name in RunParams.model_fields]
+    + [
+        inspect.Parameter(
+            "cron",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str | None,
+            default=typer.Option(
+                None, "--cron", help="Cron schedule in UTC, e.g. '0 2 * * *' (02:00 nightly)."
+            ),
+        ),
+        inspect.Parameter(
+            "interval",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=float | None,
+            default=typer.Option(None, "--interval", help="Run every this many seconds."),
+        ),
+        inspect.Parameter(
+            "name",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str,
+            default=typer.Option("gdflow-serve", "--name", help="Name of the deployment."),
+        ),
+    ]
+)
+app.command("serve")(serve)
+
+
+@app.command("server")
+def server(
+    port: int = typer.Option(4200, "--port", help="Port of the API and UI."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+) -> None:
+    """Start a local Prefect server (analytics off) and print its UI address."""
+    from flows.serving import run_server
+
+    raise typer.Exit(run_server(host, port))
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"
+
+
+def _print_sweep(result: dict[str, Any], run_name: str, state: str) -> None:
+    table = Table(
+        title=f"gd-sweep · {run_name} · {state} · best step size per batch size",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    columns = ("batch", "method", "best step", "loss − floor", "epochs to target", "bound")
+    for column in (*columns, "diverged at"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for b in result["best"]:
+        found = b["best_lr"] is not None
+        table.add_row(
+            f"{b['batch_size']:,}",
+            b["method"],
+            f"{b['best_lr']:g}" if found else "[red]all diverged[/red]",
+            f"{b['excess_loss']:.3g}" if found else "",
+            "not reached" if b["epochs_to_target"] is None else f"{b['epochs_to_target']:g}",
+            f"{b['stability_bound']:.3g}",
+            ", ".join(f"{lr:g}" for lr in b["diverged_lrs"]) or "none",
+        )
+    out.print(table)
+    out.print(
+        f"{_runs(result['cells'])} ({result['cached']} from the cache), "
+        f"{result['diverged']} diverged"
+    )
+    out.print(f"Figure: {result['figure']}")
+    out.print(f"All histories: {result['histories']}")
+
+
+def _sweep(params: SweepParams, runner: Any, workers: str, as_json: bool) -> int:
+    from flows.sweep import run_sweep
+
+    target = _server_mode()
+    if not as_json:
+        cells = len(params.lrs) * len(params.batch_sizes) * len(params.seeds)
+        err.print(f"Running gd-sweep ({_runs(cells)} on {workers}) on {target} ...")
+    quiet_known_tracebacks()
+    state = run_sweep(params, runner)
+    run_id = str(state.state_details.flow_run_id)
+    if not state.is_completed():
+        known = explain_failure(state.result(raise_on_failure=False))
+        code, message = known or (EXIT_FAILED, f"the sweep ended {state.name}: {state.message}")
+        if as_json:
+            print(json.dumps({"flow_run": {"id": run_id, "state": state.name}, "error": message}))
+        else:
+            err.print(f"gdflow: error: {message}", highlight=False, soft_wrap=True, markup=False)
+        return code
+    result = state.result()
+    run_name = _flow_run_name(run_id)
+    if as_json:
+        flow = {"id": run_id, "name": run_name, "state": state.name}
+        print(json.dumps(_finite({"flow_run": flow, **result})))
+    else:
+        _print_sweep(result, run_name, state.name)
+    return 0
+
+
+def sweep(**options: Any) -> None:
+    """Sweep step size x batch size x seed: train every cell, publish where each converges."""
+    as_json = options.pop("json_output")
+    dask, address = options.pop("dask"), options.pop("dask_address")
+    workers = options.pop("workers")
+    params = parse_params(_given(options, SweepParams), SweepParams, "sweep")
+    from flows.sweep import task_runner
+
+    try:
+        runner = task_runner(dask, address, workers)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    where = (
+        f"the Dask cluster at {address}"
+        if address
+        else "a new local Dask cluster"
+        if dask
+        else "threads of this process"
+    )
+    raise typer.Exit(_sweep(params, runner, where, as_json))
+
+
+sweep.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [_field_option(name, SweepParams) for name in SweepParams.model_fields]
+    + [
+        _JSON_OPTION,
+        inspect.Parameter(
+            "dask",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=bool,
+            default=typer.Option(
+                False, "--dask", help="Run the cells on a new local Dask cluster of processes."
+            ),
+        ),
+        inspect.Parameter(
+            "workers",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=int | None,
+            default=typer.Option(
+                None,
+                "--dask-workers",
+                metavar="N",
+                help="Worker processes of the local cluster of --dask (default: one per core).",
+                show_default=False,
+            ),
+        ),
+        inspect.Parameter(
+            "dask_address",
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=str | None,
+            default=typer.Option(
+                None,
+                "--dask-address",
+                metavar="tcp://HOST:PORT",
+                help="Run the cells on the existing Dask cluster whose scheduler is there.",
+            ),
+        ),
+    ]
+)
+app.command("sweep")(sweep)
 
 
 @app.callback()
@@ -235,11 +431,15 @@ def main() -> None:
     except click_exc.NoArgsIsHelpError:
         code = 0
     except click_exc.UsageError as exc:
-        err.print(f"gdflow: error: {exc.format_message()}", highlight=False, soft_wrap=True)
+        hint = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else ""
+        err.print(f"gdflow: error: {exc.format_message()}{hint}", highlight=False, soft_wrap=True)
         code = EXIT_BAD_INPUT
-    except UserError as exc:
+    except (UserError, InputError) as exc:
         err.print(f"gdflow: error: {exc}", highlight=False, soft_wrap=True, markup=False)
         code = EXIT_BAD_INPUT
+    except BrokenEnvironment as exc:
+        err.print(f"gdflow: error: {exc}", highlight=False, soft_wrap=True, markup=False)
+        code = EXIT_FAILED
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.Abort:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 MAX_SAMPLES = 10_000_000_000
 MAX_EPOCHS = 1_000_000
@@ -21,6 +29,7 @@ class Method(StrEnum):
 
 Engine = Literal["fast", "reference"]
 DType = Literal["float32", "float64"]
+Device = Literal["cpu", "cuda"]
 
 # Presets override the defaults below for every field the caller did not set.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -30,6 +39,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The tutorial's code as written: step size 0.1 for both methods, SGD diverges.
     "tutorial": {"methods": [Method.bgd, Method.sgd], "sgd_lr": 0.1},
 }
+
+
+class InputError(ValueError):
+    """A request that cannot be carried out as given; the message names the problem and the fix."""
 
 
 class DataSpec(BaseModel):
@@ -67,6 +80,11 @@ class MethodSpec(BaseModel):
     shuffle_seed: int = Field(0, ge=0)
     dtype: DType = "float32"
     engine: Engine = "fast"
+    device: Device = "cpu"
+
+
+# The RunParams field that holds each method's step size.
+LR_FIELDS = {Method.bgd: "bgd_lr", Method.sgd: "sgd_lr", Method.minibatch: "minibatch_lr"}
 
 
 class RunParams(BaseModel):
@@ -77,6 +95,7 @@ class RunParams(BaseModel):
     preset: str = Field(
         "default",
         description=f"Named preset ({', '.join(PRESETS)}); explicit options override it.",
+        json_schema_extra={"enum": list(PRESETS)},  # a dropdown in the UI, checked by deployments
     )
     # data
     n_samples: int = Field(100, ge=2, le=MAX_SAMPLES, description="Number of points.")
@@ -86,6 +105,16 @@ class RunParams(BaseModel):
     intercept: float = Field(0.0, description="True intercept.")
     noise_std: float = Field(0.4, ge=0.0, description="Standard deviation of the noise.")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of the noise draw.")
+    # or the user's own data, in place of the synthetic data set
+    data: str | None = Field(
+        None,
+        description=(
+            "Your own Parquet file (a path or any URI pyarrow opens) to train on instead of "
+            "synthetic data; the synthetic-data options are then unused."
+        ),
+    )
+    x_col: str = Field("x", min_length=1, description="Column of the data file holding x.")
+    y_col: str = Field("y", min_length=1, description="Column of the data file holding y.")
     # training
     methods: list[Method] = Field(
         default_factory=lambda: [Method.bgd, Method.sgd, Method.minibatch],
@@ -103,6 +132,13 @@ class RunParams(BaseModel):
     shuffle_seed: int = Field(0, ge=0, description="Seed of the per-epoch shuffles.")
     dtype: DType = Field("float32", description="Floating-point precision of the data.")
     engine: Engine = Field("fast", description="Training engine: fast kernels or reference.")
+    device: Device = Field(
+        "cpu",
+        description=(
+            "Where bgd and minibatch do their work on the data: cpu, or cuda (a GPU torch sees); "
+            "sgd is sequential and always runs on the CPU."
+        ),
+    )
     # where results go, and cache control
     data_dir: str | None = Field(None, description="Output and cache root (default: data/).")
     refresh: bool = Field(False, description="Recompute everything, ignoring cached results.")
@@ -123,27 +159,56 @@ class RunParams(BaseModel):
     def _unique_methods(cls, methods: list[Method]) -> list[Method]:
         return list(dict.fromkeys(methods))
 
+    @field_validator("device")
+    @classmethod
+    def _device_present(cls, device: Device) -> Device:
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("torch sees no CUDA device on this machine; use --device cpu")
+        return device
+
+    @field_validator("data")
+    @classmethod
+    def _absolute_data_path(cls, data: str | None) -> str | None:
+        """A local path made absolute, so a run resolves it where it was given; URIs as given."""
+        data = (data or "").strip()
+        if not data:
+            return None
+        return data if "://" in data else os.path.abspath(os.path.expanduser(data))
+
     @model_validator(mode="after")
     def _check_consistency(self) -> RunParams:
+        # Synthetic-data options are validated even when `data` replaces them, so removing
+        # `data` from a saved deployment never exposes an invalid set of parameters.
         self.data_spec()  # validates the x range
-        if Method.minibatch in self.methods and self.batch_size > self.n_samples:
-            raise ValueError(
-                f"batch_size ({self.batch_size}) is larger than n_samples ({self.n_samples})"
-            )
+        if self.x_col == self.y_col:
+            raise ValueError(f"x_col and y_col are both {self.x_col!r}; name two different columns")
+        if self.data is None:
+            self.check_rows(self.n_samples)
         return self
+
+    def check_rows(self, rows: int) -> None:
+        """Refuse a mini-batch size larger than the data set it is drawn from."""
+        if Method.minibatch in self.methods and self.batch_size > rows:
+            where = f"the {rows:,} rows of {self.data}" if self.data else f"n_samples ({rows})"
+            raise InputError(
+                f"batch_size ({self.batch_size}) is larger than {where}; "
+                "lower --batch-size or leave out minibatch"
+            )
 
     def data_spec(self) -> DataSpec:
         return DataSpec(**{k: getattr(self, k) for k in DataSpec.model_fields})
 
     def lr(self, method: Method) -> float:
-        return {
-            Method.bgd: self.bgd_lr,
-            Method.sgd: self.sgd_lr,
-            Method.minibatch: self.minibatch_lr,
-        }[method]
+        return float(getattr(self, LR_FIELDS[method]))
 
-    def method_spec(self, method: Method) -> MethodSpec:
-        batch = {Method.bgd: self.n_samples, Method.sgd: 1, Method.minibatch: self.batch_size}
+    def method_spec(self, method: Method, rows: int | None = None) -> MethodSpec:
+        """One method's training run on a data set of `rows` points (default n_samples)."""
+        rows = self.n_samples if rows is None else rows
+        self.check_rows(rows)
+        batch = {Method.bgd: rows, Method.sgd: 1, Method.minibatch: self.batch_size}
         return MethodSpec(
             method=method,
             lr=self.lr(method),
@@ -155,4 +220,94 @@ class RunParams(BaseModel):
             shuffle_seed=self.shuffle_seed,
             dtype=self.dtype,
             engine=self.engine,
+            device="cpu" if method is Method.sgd else self.device,
         )
+
+
+ALL_POINTS = "n"  # a batch size meaning "all points": batch gradient descent
+# Options of a single run that a sweep does not take: its grid replaces the method, step size,
+# batch size and seed options, and it runs on synthetic data sets (one per seed).
+_NOT_IN_SWEEPS = {
+    "preset",
+    "seed",
+    "methods",
+    "batch_size",
+    *LR_FIELDS.values(),
+    "data",
+    "x_col",
+    "y_col",
+}
+
+
+def method_for_batch(batch_size: int, n_samples: int) -> Method:
+    """The method a batch size means: 1 is SGD, all points BGD, anything between mini-batch."""
+    if batch_size == 1:
+        return Method.sgd
+    return Method.bgd if batch_size >= n_samples else Method.minibatch
+
+
+class SweepGrid(BaseModel):
+    """The grid of a sweep: each step size x batch size x seed is one training run."""
+
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", validate_default=True)
+
+    lrs: list[Annotated[float, Field(gt=0.0)]] = Field(
+        default_factory=lambda: [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2],
+        min_length=1,
+        description="Step sizes to try.",
+    )
+    batch_sizes: list[Annotated[int, Field(ge=1)] | Literal["n"]] = Field(
+        default_factory=lambda: [1, 2, 5, 10, 20, 50, ALL_POINTS],
+        min_length=1,
+        description="Batch sizes: 1 is SGD, n (all points) is BGD, between is mini-batch.",
+    )
+    seeds: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(
+        default_factory=lambda: [0, 1, 2],
+        min_length=1,
+        description="Seeds of the noise draw, one data set each.",
+    )
+
+    @model_validator(mode="after")
+    def _resolve_grid(self) -> SweepGrid:
+        n = self.n_samples  # type: ignore[attr-defined]
+        sizes = [n if size == ALL_POINTS else int(size) for size in self.batch_sizes]
+        if max(sizes) > n:
+            raise ValueError(
+                f"batch size {max(sizes)} is larger than n_samples ({n}); "
+                f"lower --batch-sizes or use {ALL_POINTS} for all points"
+            )
+        self.lrs = sorted(set(self.lrs))
+        self.batch_sizes = sorted(set(sizes))  # type: ignore[arg-type]
+        self.seeds = list(dict.fromkeys(self.seeds))
+        self.run_params(self.lrs[0], sizes[0], self.seeds[0])  # validates the data options
+        return self
+
+    def run_params(self, lr: float, batch_size: int, seed: int) -> RunParams:
+        """The single run whose one method is this grid cell: same data set, same MethodSpec."""
+        method = method_for_batch(batch_size, self.n_samples)  # type: ignore[attr-defined]
+        own = type(self).model_fields
+        shared = {k: getattr(self, k) for k in RunParams.model_fields if k in own}
+        batch = {"batch_size": batch_size} if method is Method.minibatch else {}
+        return RunParams(**shared, **batch, seed=seed, methods=[method], **{LR_FIELDS[method]: lr})
+
+    def data_spec(self, seed: int) -> DataSpec:
+        """The data set of one seed."""
+        return self.run_params(self.lrs[0], self.batch_sizes[0], seed).data_spec()
+
+    def method_spec(self, lr: float, batch_size: int) -> MethodSpec:
+        """The training run of one grid cell (it does not depend on the seed)."""
+        run = self.run_params(lr, batch_size, self.seeds[0])
+        return run.method_spec(run.methods[0])
+
+
+SweepParams = create_model(
+    "SweepParams",
+    __base__=SweepGrid,
+    __module__=__name__,
+    __doc__="All parameters of one sweep: its grid and the options of a single run that apply.",
+    **{
+        name: (field.annotation, field)
+        for name, field in RunParams.model_fields.items()
+        if name not in _NOT_IN_SWEEPS
+    },
+)
