@@ -220,21 +220,26 @@ def run(**options: Any) -> None:
     raise typer.Exit(_run(parse_params(_given(options, RunParams)), as_json, table))
 
 
-_JSON_OPTION = inspect.Parameter(
+def _option(name: str, annotation: Any, option: Any) -> inspect.Parameter:
+    """A keyword-only command parameter whose default is a hand-made typer.Option."""
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option
+    )
+
+
+_JSON_OPTION = _option(
     "json_output",
-    inspect.Parameter.KEYWORD_ONLY,
-    annotation=bool,
-    default=typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    bool,
+    typer.Option(False, "--json", help="Print one JSON object on stdout."),
 )
 run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
     [_field_option(name) for name in RunParams.model_fields]
     + [
         _JSON_OPTION,
-        inspect.Parameter(
+        _option(
             "table",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=str | None,
-            default=typer.Option(
+            str | None,
+            typer.Option(
                 None,
                 "--table",
                 metavar="METHOD",
@@ -259,25 +264,22 @@ def serve(**options: Any) -> None:
 serve.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
     [_field_option(name) for name in RunParams.model_fields]
     + [
-        inspect.Parameter(
+        _option(
             "cron",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=str | None,
-            default=typer.Option(
+            str | None,
+            typer.Option(
                 None, "--cron", help="Cron schedule in UTC, e.g. '0 2 * * *' (02:00 nightly)."
             ),
         ),
-        inspect.Parameter(
+        _option(
             "interval",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=float | None,
-            default=typer.Option(None, "--interval", help="Run every this many seconds."),
+            float | None,
+            typer.Option(None, "--interval", help="Run every this many seconds."),
         ),
-        inspect.Parameter(
+        _option(
             "name",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=str,
-            default=typer.Option("gdflow-serve", "--name", help="Name of the deployment."),
+            str,
+            typer.Option("gdflow-serve", "--name", help="Name of the deployment."),
         ),
     ]
 )
@@ -382,19 +384,17 @@ sweep.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
     [_field_option(name, SweepParams) for name in SweepParams.model_fields]
     + [
         _JSON_OPTION,
-        inspect.Parameter(
+        _option(
             "dask",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=bool,
-            default=typer.Option(
+            bool,
+            typer.Option(
                 False, "--dask", help="Run the cells on a new local Dask cluster of processes."
             ),
         ),
-        inspect.Parameter(
+        _option(
             "workers",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=int | None,
-            default=typer.Option(
+            int | None,
+            typer.Option(
                 None,
                 "--dask-workers",
                 metavar="N",
@@ -402,11 +402,10 @@ sweep.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
                 show_default=False,
             ),
         ),
-        inspect.Parameter(
+        _option(
             "dask_address",
-            inspect.Parameter.KEYWORD_ONLY,
-            annotation=str | None,
-            default=typer.Option(
+            str | None,
+            typer.Option(
                 None,
                 "--dask-address",
                 metavar="tcp://HOST:PORT",
