@@ -129,6 +129,17 @@ def _server_mode() -> str:
     return describe_target()
 
 
+def _report_failure(state: Any, run_id: str, what: str, as_json: bool) -> int:
+    """Say in one line why a flow run did not complete; return the exit code."""
+    known = explain_failure(state.result(raise_on_failure=False))
+    code, message = known or (EXIT_FAILED, f"the {what} ended {state.name}: {state.message}")
+    if as_json:
+        print(json.dumps({"flow_run": {"id": run_id, "state": state.name}, "error": message}))
+    else:
+        err.print(f"gdflow: error: {message}", highlight=False, soft_wrap=True, markup=False)
+    return code
+
+
 def _run(params: RunParams, as_json: bool, table: str | None) -> int:
     if table is not None and table not in {m.value for m in params.methods}:
         raise UserError(f"--table {table}: that method is not being run; pick one of --methods")
@@ -145,13 +156,7 @@ def _run(params: RunParams, as_json: bool, table: str | None) -> int:
     state = gd_comparison(params=params, return_state=True)
     run_id = str(state.state_details.flow_run_id)
     if not state.is_completed():
-        known = explain_failure(state.result(raise_on_failure=False))
-        code, message = known or (EXIT_FAILED, f"the run ended {state.name}: {state.message}")
-        if as_json:
-            print(json.dumps({"flow_run": {"id": run_id, "state": state.name}, "error": message}))
-        else:
-            err.print(f"gdflow: error: {message}", highlight=False, soft_wrap=True, markup=False)
-        return code
+        return _report_failure(state, run_id, "run", as_json)
     result = state.result()
     run_name = _flow_run_name(run_id)
     if as_json:
@@ -341,13 +346,7 @@ def _sweep(params: SweepParams, runner: Any, workers: str, as_json: bool) -> int
     state = run_sweep(params, runner)
     run_id = str(state.state_details.flow_run_id)
     if not state.is_completed():
-        known = explain_failure(state.result(raise_on_failure=False))
-        code, message = known or (EXIT_FAILED, f"the sweep ended {state.name}: {state.message}")
-        if as_json:
-            print(json.dumps({"flow_run": {"id": run_id, "state": state.name}, "error": message}))
-        else:
-            err.print(f"gdflow: error: {message}", highlight=False, soft_wrap=True, markup=False)
-        return code
+        return _report_failure(state, run_id, "sweep", as_json)
     result = state.result()
     run_name = _flow_run_name(run_id)
     if as_json:

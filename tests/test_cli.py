@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def gdflow(*args: str, api: str | None = None, data_dir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GDFLOW_DATA_DIR": str(data_dir)}
-    if api:
-        env["PREFECT_API_URL"] = api
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+from tests.processes import gdflow
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ from tasks.sweeping import (
     summarise,
     sweep_markdown,
 )
+from tests.processes import gdflow
 
 SMALL = {"lrs": [0.01, 0.02, 0.1], "batch_sizes": [1, 10, "n"], "seeds": [0]}
 
@@ -257,20 +255,6 @@ def test_sweep_on_a_dask_cluster_of_two_worker_processes(tmp_path) -> None:
 # --- the command line -------------------------------------------------------------------
 
 
-def _gdflow(*args: str, data_dir: Path, api: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GDFLOW_DATA_DIR": str(data_dir)}
-    if api:
-        env["PREFECT_API_URL"] = api
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     ("args", "names"),
     [
@@ -282,7 +266,7 @@ def _gdflow(*args: str, data_dir: Path, api: str | None = None) -> subprocess.Co
     ],
 )
 def test_cli_refuses_bad_sweeps_in_one_line(tmp_path, args: list[str], names: str) -> None:
-    result = _gdflow("sweep", *args, data_dir=tmp_path)
+    result = gdflow("sweep", *args, data_dir=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -294,7 +278,7 @@ def test_cli_refuses_bad_sweeps_in_one_line(tmp_path, args: list[str], names: st
 
 @pytest.mark.slow
 def test_cli_sweep_on_a_new_local_dask_cluster(tmp_path, prefect_api) -> None:
-    result = _gdflow(
+    result = gdflow(
         "sweep",
         "--dask",
         "--dask-workers",
