@@ -533,18 +533,6 @@ def batch_maps_torch(
     identity = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], dtype=torch.float64, device=x.device)
     padded = torch.cat([batch_maps, identity.expand(pad, 6)]).view(runs, per_map, 6)
     acc = padded[:, 0].clone()
-    for j in range(1, per_map):
-        a11, a21, a12, a22, c1, c2 = padded[:, j].unbind(-1)
-        m11, m21, m12, m22, v1, v2 = acc.unbind(-1)
-        acc = torch.stack(
-            [
-                a11 * m11 + a12 * m21,
-                a21 * m11 + a22 * m21,
-                a11 * m12 + a12 * m22,
-                a21 * m12 + a22 * m22,
-                a11 * v1 + a12 * v2 + c1,
-                a21 * v1 + a22 * v2 + c2,
-            ],
-            -1,
-        )
+    for j in range(1, per_map):  # the numba kernel's Python body, on whole tensors
+        acc = torch.stack(_compose.py_func(padded[:, j].unbind(-1), acc.unbind(-1)), -1)
     return acc.cpu().numpy(), float(lam)
