@@ -6,9 +6,9 @@ an affine map
     (w, b) <- A·(w, b) + c,   A = I − (2·lr/m)·[[Σx², Σx], [Σx, m]],   c = (2·lr/m)·(Σxy, Σy).
 
 The engine composes the maps of consecutive segments of about SEGMENT points (segments are
-independent, so all cores build them, and SGD composes 16 runs of a segment side by side in
-SIMD lanes), then runs an epoch as a short sequential pass over the segment maps. An epoch that
-visits the points in stored order uses the same maps every epoch, so they are built once.
+independent, so all cores build them, and SGD builds the maps of short runs of points side
+by side in SIMD lanes), then runs an epoch as a short sequential pass over the segment maps. An
+epoch that visits the points in stored order uses the same maps every epoch, so they are built once.
 Composition is exact up to rounding as long as no map expands, which holds below the stability
 bound. Otherwise, and for an epoch whose maps would carry (w, b) beyond ±LIMIT or out of the
 finite numbers, the epoch runs update by update: an overflow is reported where it happens.
@@ -44,15 +44,19 @@ if TYPE_CHECKING:  # torch is imported only where a device path runs
     import torch
 
 SEGMENT = 1024  # points per composed map
-_LANES = 16  # SGD sub-segments composed side by side (vectorised across lanes)
-_LANE_POINTS = SEGMENT // _LANES
-_STATE_SIZE = 6 * _LANES
+_GROUP = 8  # SGD: consecutive points per first-level map (8 lanes' loads interleave well)
+_GROUPS = SEGMENT // _GROUP
+_RUN = 4  # first-level maps per second-level map
+_RUNS = _GROUPS // _RUN
+_GROUPS_SIZE = 6 * _GROUPS
+_RUNS_SIZE = 6 * _RUNS
 _PARTS_PER_CORE = 4
 LIMIT = 1e100  # (w, b) beyond this: the epoch reruns update by update
 # Lets LLVM fuse multiply-adds; NaN and inf keep their IEEE meaning (divergence checks need it).
 _FASTMATH = {"contract"}
 
 DONE, EXACT, STOPPED = 0, 1, 2
+_IDENTITY = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
 Chunk = tuple[np.ndarray, np.ndarray]
 Trace = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 Tick = Callable[[int, float], None]
@@ -96,22 +100,38 @@ def _compose(outer, inner):
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _point_step(m, xi, yi, lr2):
+    """The map `m` followed by the SGD update at point (xi, yi); lr2 = 2·lr.
+
+    The update is (w, b) -> (w, b) − lr2·(xi·w + b − yi)·(xi, 1), applied to each column.
+    """
+    m11, m21, m12, m22, v1, v2 = m
+    a = lr2 * xi
+    r = xi * m11 + m21
+    m11 -= a * r
+    m21 -= lr2 * r
+    r = xi * m12 + m22
+    m12 -= a * r
+    m22 -= lr2 * r
+    r = xi * v1 + v2 - yi
+    v1 -= a * r
+    v2 -= lr2 * r
+    return m11, m21, m12, m22, v1, v2
+
+
+@njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _points_map(x, y, lo, hi, lr2):
     """The map of per-point SGD over points lo..hi-1, composed one point at a time."""
-    m11, m21, m12, m22, v1, v2 = 1.0, 0.0, 0.0, 1.0, 0.0, 0.0
+    m = _IDENTITY
     for i in range(lo, hi):
-        xi = np.float64(x[i])
-        a = lr2 * xi
-        r = xi * m11 + m21
-        m11 -= a * r
-        m21 -= lr2 * r
-        r = xi * m12 + m22
-        m12 -= a * r
-        m22 -= lr2 * r
-        r = xi * v1 + v2 - y[i]
-        v1 -= a * r
-        v2 -= lr2 * r
-    return m11, m21, m12, m22, v1, v2
+        m = _point_step(m, np.float64(x[i]), y[i], lr2)
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _column(maps, i):
+    """Map i of maps stored one component per row."""
+    return maps[0, i], maps[1, i], maps[2, i], maps[3, i], maps[4, i], maps[5, i]
 
 
 @intrinsic
@@ -131,39 +151,34 @@ def _stack_empty(typingctx, size, dtype):
 def _point_maps(x, y, lr, out):
     """Maps of per-point SGD over consecutive SEGMENT-point segments of (x, y) into `out`.
 
-    Each segment is cut into _LANES runs whose maps are built side by side (the columns of the
-    maps evolve like (w, b) itself), then composed in order. The last segment may be shorter.
+    Each segment is composed in three levels: maps of _GROUP consecutive points (the groups
+    of a segment are independent, so they are built side by side in SIMD lanes, and the loads
+    of their points interleave), maps of _RUN consecutive groups (side by side again), then
+    those runs in order. The last segment may be shorter.
     """
     n = x.shape[0]
     lr2 = 2.0 * lr
-    tx = np.empty((_LANE_POINTS, _LANES))
-    ty = np.empty((_LANE_POINTS, _LANES))
-    p = carray(_stack_empty(_STATE_SIZE, np.float64), (6, _LANES))
+    # Stack buffers: LLVM knows they alias nothing, so the lane loops vectorise.
+    groups = carray(_stack_empty(_GROUPS_SIZE, np.float64), (6, _GROUPS))
+    runs = carray(_stack_empty(_RUNS_SIZE, np.float64), (6, _RUNS))
     full = n // SEGMENT
     for s in range(full):
         base = s * SEGMENT
-        for j in range(_LANES):
-            for k in range(_LANE_POINTS):
-                tx[k, j] = x[base + j * _LANE_POINTS + k]
-                ty[k, j] = y[base + j * _LANE_POINTS + k]
-        for j in range(_LANES):
-            p[0, j], p[1, j], p[2, j], p[3, j], p[4, j], p[5, j] = 1.0, 0.0, 0.0, 1.0, 0.0, 0.0
-        for k in range(_LANE_POINTS):
-            for j in range(_LANES):
-                xi = tx[k, j]
-                a = lr2 * xi
-                r = xi * p[0, j] + p[1, j]
-                p[0, j] -= a * r
-                p[1, j] -= lr2 * r
-                r = xi * p[2, j] + p[3, j]
-                p[2, j] -= a * r
-                p[3, j] -= lr2 * r
-                r = xi * p[4, j] + p[5, j] - ty[k, j]
-                p[4, j] -= a * r
-                p[5, j] -= lr2 * r
-        m = (p[0, 0], p[1, 0], p[2, 0], p[3, 0], p[4, 0], p[5, 0])
-        for j in range(1, _LANES):
-            m = _compose((p[0, j], p[1, j], p[2, j], p[3, j], p[4, j], p[5, j]), m)
+        for g in range(_GROUPS):
+            m = _IDENTITY
+            for k in range(base + g * _GROUP, base + (g + 1) * _GROUP):  # unrolled by LLVM
+                m = _point_step(m, np.float64(x[k]), y[k], lr2)
+            for q in range(6):
+                groups[q, g] = m[q]
+        for r in range(_RUNS):
+            m = _column(groups, r * _RUN)
+            for g in range(r * _RUN + 1, (r + 1) * _RUN):
+                m = _compose(_column(groups, g), m)
+            for q in range(6):
+                runs[q, r] = m[q]
+        m = _column(runs, 0)
+        for r in range(1, _RUNS):
+            m = _compose(_column(runs, r), m)
         for q in range(6):
             out[s, q] = m[q]
     if full < out.shape[0]:
@@ -183,7 +198,7 @@ def _batch_maps(x, y, lr, batch, per_map, out):
     n = x.shape[0]
     lam = 0.0
     for s in range(out.shape[0]):
-        m = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
+        m = _IDENTITY
         end = min((s + 1) * per_map * batch, n)
         for lo in range(s * per_map * batch, end, batch):
             hi = min(lo + batch, n)
