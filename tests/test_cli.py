@@ -72,3 +72,28 @@ def test_human_output_prints_a_summary_the_figure_and_the_tutorial_table(
     assert len(rows) == 20
     loss0 = float(rows[0].split(",")[1])
     assert 596.7 - 15 < loss0 < 596.7 + 15
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(
+    not _has_cuda(), reason="needs a CUDA device that torch can see; this machine has none"
+)
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_a_run_on_cuda_completes_with_the_cpu_results(tmp_path, prefect_api, engine) -> None:
+    args = ["run", "--json", "--n-samples", "200000", "--epochs", "5", "--engine", engine]
+    args += ["--methods", "bgd,minibatch"]
+    runs = {}
+    for device in ("cpu", "cuda"):
+        result = gdflow(*args, "--device", device, api=prefect_api, data_dir=tmp_path / device)
+        assert result.returncode == 0, result.stderr
+        runs[device] = json.loads(result.stdout)
+        assert runs[device]["flow_run"]["state"] == "Completed"
+    for method in ("bgd", "minibatch"):
+        on_cpu = runs["cpu"]["methods"][method]["final_loss"]
+        on_gpu = runs["cuda"]["methods"][method]["final_loss"]
+        assert on_gpu == pytest.approx(on_cpu, rel=1e-9), method
