@@ -517,7 +517,8 @@ def batch_maps_torch(
     x: torch.Tensor, y: torch.Tensor, lr: float, batch: int, per_map: int
 ) -> tuple[np.ndarray, float]:
     """`_batch_maps` in torch on the tensors' device: the batch sums, and the composition of
-    runs of `per_map` batches vectorised across runs. Returns the maps (on the CPU) and λmax."""
+    runs of `per_map` batches vectorised across runs, as a pairwise tree (few kernel launches).
+    Returns the maps (on the CPU) and λmax."""
     import torch
 
     n = x.shape[0]
@@ -544,10 +545,12 @@ def batch_maps_torch(
     lam = (trace + torch.sqrt(torch.clamp(trace * trace - 4.0 * (exx - ex * ex), min=0.0))).max()
 
     runs = -(-batch_maps.shape[0] // per_map)
+    width = 1 << (per_map - 1).bit_length()  # each run padded with identity maps to 2^k
+    identity = torch.tensor(_IDENTITY, dtype=torch.float64, device=x.device)
     pad = runs * per_map - batch_maps.shape[0]
-    identity = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], dtype=torch.float64, device=x.device)
-    padded = torch.cat([batch_maps, identity.expand(pad, 6)]).view(runs, per_map, 6)
-    acc = padded[:, 0].clone()
-    for j in range(1, per_map):  # the numba kernel's Python body, on whole tensors
-        acc = torch.stack(_compose.py_func(padded[:, j].unbind(-1), acc.unbind(-1)), -1)
-    return acc.cpu().numpy(), float(lam)
+    acc = torch.cat([batch_maps, identity.expand(pad, 6)]).view(runs, per_map, 6)
+    acc = torch.cat([acc, identity.expand(runs, width - per_map, 6)], 1)
+    while acc.shape[1] > 1:  # compose neighbours pairwise: log2(width) steps of whole tensors
+        later, earlier = acc[:, 1::2].unbind(-1), acc[:, 0::2].unbind(-1)
+        acc = torch.stack(_compose.py_func(later, earlier), -1)  # the numba kernel's Python body
+    return acc[:, 0].cpu().numpy(), float(lam)

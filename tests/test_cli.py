@@ -96,4 +96,6 @@ def test_a_run_on_cuda_completes_with_the_cpu_results(tmp_path, prefect_api, eng
     for method in ("bgd", "minibatch"):
         on_cpu = runs["cpu"]["methods"][method]["final_loss"]
         on_gpu = runs["cuda"]["methods"][method]["final_loss"]
-        assert on_gpu == pytest.approx(on_cpu, rel=1e-9), method
+        # The fast engine works in float64; the reference in the data's float32, where the GPU
+        # sums in another order: the engines' own float64 and float32 bounds.
+        assert on_gpu == pytest.approx(on_cpu, rel=1e-9 if engine == "fast" else 1e-5), method
