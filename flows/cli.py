@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import json
 import math
 import os
 import sys
+import threading
 from pathlib import Path
-from typing import Any, TypeVar, get_origin
+from typing import Any, NoReturn, TypeVar, get_origin
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -149,8 +151,11 @@ def _run(params: RunParams, as_json: bool, table: str | None) -> int:
         err.print(f"Running gd-comparison on {target} ...")
     from flows.serving import temporary_server_starting
 
-    with temporary_server_starting():
-        from flows.comparison import gd_comparison
+    with temporary_server_starting() as booting:
+        from flows.comparison import gd_comparison, warm_up
+
+        if booting:  # otherwise idle time: load what the run needs meanwhile
+            warm_up(params)
 
     quiet_known_tracebacks()
     state = gd_comparison(params=params, return_state=True)
@@ -443,7 +448,26 @@ def main() -> None:
     except typer.Abort:
         err.print("gdflow: aborted")
         code = 130
-    sys.exit(code or 0)
+    exit_without_teardown(code or 0)
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """Exit as the interpreter would, except for its final teardown of modules and objects.
+
+    Non-daemon threads are joined and threading's exit hooks run (Prefect sends its last logs
+    and events there), then the atexit handlers (logging, Prefect stopping a temporary server),
+    and the output is flushed. Only the teardown of torch, numba and Prefect is skipped: about
+    a second after a first run, with nothing left for it to write.
+    """
+    shutdown = getattr(threading, "_shutdown", None)
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
+    if shutdown is None or run_exitfuncs is None:  # another interpreter: exit the usual way
+        sys.exit(code)
+    shutdown()
+    run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,25 @@ def _run_name() -> str:
     return f"{params.preset}-{data}-e{params.epochs}-{methods}"
 
 
+def warm_up(params: RunParams) -> None:
+    """Load what a run of `params` will need, ahead of it: the numba kernels, matplotlib, and
+    torch when the synthetic data set is not on disk yet.
+
+    Meant for time the process would otherwise spend waiting (a temporary server booting in
+    its own process); loading takes the same time later if it is skipped.
+    """
+    from tasks import kernels
+    from tasks.reporting import load_matplotlib
+
+    if (
+        not params.data
+        and not dataset_path(resolve_data_dir(params.data_dir), params.data_spec()).exists()
+    ):
+        import torch  # noqa: F401  (generation needs it)
+    kernels.warm_up(params.dtype)
+    load_matplotlib()
+
+
 def _tag_run(tag: str) -> None:
     """Add `tag` to this flow run, however it was started (CLI, deployment, schedule)."""
     if tag not in flow_run.tags:

@@ -60,17 +60,18 @@ def describe_target() -> str:
 
 
 @contextlib.contextmanager
-def temporary_server_starting() -> Iterator[None]:
+def temporary_server_starting() -> Iterator[bool]:
     """With no server configured, boot Prefect's temporary server while the body runs.
 
-    The server boots in its own process, so the body (the flow's imports) overlaps it;
+    The server boots in its own process, so the body (the flow's imports, say) overlaps it;
     on exit the server is up and a flow run uses it, as it would have started it anyway.
+    Yields whether a server is booting.
     """
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
     if settings.api.url or not settings.server.ephemeral.enabled:
-        yield
+        yield False
         return
     from prefect.server.api.server import SubprocessASGIServer
 
@@ -81,7 +82,7 @@ def temporary_server_starting() -> Iterator[None]:
     booting = threading.Thread(target=boot, daemon=True)
     booting.start()
     try:
-        yield
+        yield True
     finally:
         booting.join()
 

@@ -31,7 +31,7 @@ from tasks.fitting import HistoryRef
 from tasks.history import History, read_history
 from tasks.params import Method, SweepParams, method_for_batch
 from tasks.paths import reports_dir
-from tasks.reporting import save_figure
+from tasks.reporting import log_scale, plain_log_labels, save_figure
 from tasks.storage import write_parquet
 
 SWEEP_KEY = "gd-sweep"
@@ -297,6 +297,7 @@ def _heat_map(ax: Axes, summary: GridSummary) -> None:
     )
     if shown.size:
         bar = ax.figure.colorbar(image, ax=ax, pad=0.015, fraction=0.05)
+        plain_log_labels(bar.ax.yaxis)
         bar.set_label("final MSE − least-squares MSE (log scale)", fontsize=8.5)
 
 
@@ -341,7 +342,7 @@ def _curves(
         fontsize=8.5,
         color="0.3",
     )
-    ax.set_yscale("log")
+    log_scale(ax, "y")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(0, max(h.epochs for h in curves.values()))
     ax.set_xlabel("epoch (full passes over the data)")

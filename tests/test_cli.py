@@ -74,6 +74,44 @@ def test_human_output_prints_a_summary_the_figure_and_the_tutorial_table(
     assert 596.7 - 15 < loss0 < 596.7 + 15
 
 
+def test_every_log_line_reaches_the_server_before_the_process_exits(tmp_path, prefect_api) -> None:
+    """gdflow skips the interpreter's final teardown; Prefect's last logs must still arrive."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    result = gdflow("run", "--json", api=prefect_api, data_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_id = json.loads(result.stdout)["flow_run"]["id"]
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    messages = [log.message for log in logs]
+    assert any(m.startswith("Dataset: 100 rows") for m in messages)
+    assert any(m.startswith("Figure: ") for m in messages)
+    assert messages[-1] == "Finished in state Completed()"
+
+
+def _processes_with(marker: str) -> list[str]:
+    """Command lines of the running processes whose environment holds `marker`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes():
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux's /proc")
+def test_a_run_without_a_server_uses_a_temporary_one_and_leaves_nothing_running(tmp_path) -> None:
+    data_dir = tmp_path / "one-off-run"
+    result = gdflow("run", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    assert "Running gd-comparison on a temporary local Prefect server" in result.stderr
+    assert (data_dir / "reports").is_dir()
+    assert _processes_with(f"GDFLOW_DATA_DIR={data_dir}") == []
+
+
 def _has_cuda() -> bool:
     import torch
 

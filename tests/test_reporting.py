@@ -308,3 +308,30 @@ def test_loss_table_is_json_safe(histories: list[History]) -> None:
     assert table[EPOCHS]["sgd"] is None
     assert table[EPOCHS]["bgd"] == pytest.approx(histories[0].final_loss)
     assert all(set(row) == {"epoch", "bgd", "sgd", "minibatch"} for row in table)
+
+
+@pytest.mark.parametrize(
+    ("label", "plain"),
+    [
+        ("$\\mathdefault{10^{3}}$", "10³"),
+        ("$\\mathdefault{10^{-12}}$", "10⁻¹²"),
+        ("$\\mathdefault{2\\times10^{-1}}$", "2×10⁻¹"),
+        ("$\\mathdefault{10^{0}}$", "10⁰"),
+        ("", ""),
+        ("$\\mathdefault{\\frac{1}{2}}$", "$\\mathdefault{\\frac{1}{2}}$"),  # left as mathtext
+    ],
+)
+def test_log_tick_labels_are_plain_text(label: str, plain: str) -> None:
+    assert reporting.plain_power_label(label) == plain
+
+
+def test_no_tick_label_needs_mathtext(figure: Figure) -> None:
+    """Mathtext labels cost a parse each time a figure is drawn; every log axis avoids them."""
+    labels = [
+        t.get_text()
+        for ax in figure.axes
+        for axis in (ax.xaxis, ax.yaxis)
+        for t in axis.get_ticklabels(which="both")
+    ]
+    assert any("⁻" in t or "⁰" in t or "¹" in t for t in labels)
+    assert not [t for t in labels if t.startswith("$")]
