@@ -508,18 +508,26 @@ def build_figure(
 
 
 def save_figure(fig: Figure, png_path: Path, svg_path: Path) -> None:
-    """Write the figure as PNG and SVG, each atomically (temp file, then rename)."""
-    for path, fmt in ((Path(png_path), "png"), (Path(svg_path), "svg")):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Not mkstemp: its files are private (0600); "x" mode creates one the umask governs.
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with tmp.open("xb") as fh:
-                fig.savefig(fh, format=fmt, dpi=DPI)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    """Write the figure as PNG and SVG, each atomically (temp file, then rename).
+
+    The layout computed while drawing the PNG stands for the SVG too (a third less work).
+    """
+    engine = fig.get_layout_engine()
+    try:
+        for path, fmt in ((Path(png_path), "png"), (Path(svg_path), "svg")):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Not mkstemp: its files are private (0600); "x" mode creates one the umask governs.
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                with tmp.open("xb") as fh:
+                    fig.savefig(fh, format=fmt, dpi=DPI)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            fig.set_layout_engine("none")
+    finally:
+        fig.set_layout_engine(engine)
 
 
 def results_rows(
