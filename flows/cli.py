@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import inspect
 import json
 import math
@@ -155,7 +156,8 @@ def _run(params: RunParams, as_json: bool, table: str | None) -> int:
         from flows.comparison import gd_comparison, warm_up
 
         if booting:  # otherwise idle time: load what the run needs meanwhile
-            warm_up(params)
+            with contextlib.suppress(Exception):  # only a head start: the run meets any problem
+                warm_up(params)
 
     quiet_known_tracebacks()
     state = gd_comparison(params=params, return_state=True)
