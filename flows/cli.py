@@ -429,7 +429,10 @@ def _root() -> None:
 
 
 def main() -> None:
-    """Entry point: one-line errors and exit code 2 for user mistakes, no tracebacks."""
+    """Entry point: one-line errors and exit code 2 for user mistakes, no tracebacks.
+
+    Ends the process (see exit_without_teardown): call it as a program, not as a function.
+    """
     command = typer.main.get_command(app)
     try:
         code = command.main(args=sys.argv[1:], prog_name="gdflow", standalone_mode=False)
