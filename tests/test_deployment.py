@@ -50,20 +50,23 @@ def deployments(prefect_api: str) -> dict[str, Deployment]:
     with get_client(sync_client=True) as client:
         found = client.read_deployments(
             deployment_filter=DeploymentFilter(
-                name=DeploymentFilterName(any_=["nightly", "tutorial"])
+                name=DeploymentFilterName(any_=["nightly", "tutorial", "sweep"])
             )
         )
     return {d.name: d for d in found}
 
 
-def test_prefect_yaml_declares_a_nightly_and_a_tutorial_deployment(deployments) -> None:
-    assert set(deployments) == {"nightly", "tutorial"}
-    nightly, tutorial = deployments["nightly"], deployments["tutorial"]
+def test_prefect_yaml_declares_nightly_tutorial_and_sweep_deployments(deployments) -> None:
+    assert set(deployments) == {"nightly", "tutorial", "sweep"}
+    nightly, tutorial, sweep = deployments["nightly"], deployments["tutorial"], deployments["sweep"]
     assert nightly.parameters == {"params": {"preset": "default"}}
     assert tutorial.parameters == {"params": {"preset": "tutorial"}}
+    assert sweep.parameters == {"params": {}}
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+    assert sweep.entrypoint == "flows/sweep.py:gd_sweep"
     for d in deployments.values():
-        assert d.entrypoint == "flows/comparison.py:gd_comparison"
+        if d.name != "sweep":
+            assert d.entrypoint == "flows/comparison.py:gd_comparison"
         assert d.work_pool_name == WORK_POOL
         assert d.enforce_parameter_schema
         assert "params" in d.parameter_openapi_schema["properties"]
@@ -73,25 +76,26 @@ def test_prefect_yaml_declares_a_nightly_and_a_tutorial_deployment(deployments) 
 
 
 @pytest.mark.parametrize(
-    ("bad", "named"),
-    [({"epochs": 0}, "params.epochs"), ({"epoch": 5}, "'epoch' was unexpected")],
+    ("deployment", "bad", "named"),
+    [
+        ("gd-comparison/tutorial", {"epochs": 0}, "params.epochs"),
+        ("gd-comparison/tutorial", {"epoch": 5}, "'epoch' was unexpected"),
+        ("gd-sweep/sweep", {"lrs": [0.01, -1]}, "params.lrs"),
+        ("gd-sweep/sweep", {"methods": ["sgd"]}, "'methods' was unexpected"),
+    ],
 )
 def test_a_bad_parameter_is_refused_when_the_run_is_requested(
-    deployments, prefect_api, bad: dict[str, Any], named: str
+    deployments, prefect_api, deployment: str, bad: dict[str, Any], named: str
 ) -> None:
     result = prefect(
-        "deployment",
-        "run",
-        "gd-comparison/tutorial",
-        "--param",
-        f"params={json.dumps(bad)}",
-        api=prefect_api,
+        "deployment", "run", deployment, "--param", f"params={json.dumps(bad)}", api=prefect_api
     )
     assert result.returncode == 1
     assert named in " ".join((result.stdout + result.stderr).split())
+    target = deployments[deployment.split("/")[1]]
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(deployment_id={"any_": [deployments["tutorial"].id]})
+            flow_run_filter=FlowRunFilter(deployment_id={"any_": [target.id]})
         )
     assert runs == []
 
@@ -133,3 +137,31 @@ def test_a_scheduled_run_is_executed_by_a_worker(deployments, prefect_api, tmp_p
     for method in ("bgd", "sgd", "minibatch"):
         assert any(m.startswith(f"{method}: final loss") for m in logs), method
     assert list((tmp_path / "reports").glob("default-*/comparison.png"))
+
+
+def test_a_sweep_split_by_seed_runs_on_a_worker(deployments, prefect_api, tmp_path) -> None:
+    params = {"seeds": [3], "lrs": [0.01, 0.02], "batch_sizes": [1, 10], "n_samples": 200}
+    with get_client(sync_client=True) as client:
+        requested = client.create_flow_run_from_deployment(
+            deployments["sweep"].id, parameters={"params": params}
+        )
+    worker = prefect(
+        "worker",
+        "start",
+        "--pool",
+        WORK_POOL,
+        "--run-once",
+        api=prefect_api,
+        GDFLOW_DATA_DIR=str(tmp_path),
+    )
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(requested.id)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gd-sweep-cells"])),
+            flow_run_filter=FlowRunFilter(id={"any_": [run.id]}),
+        )
+    assert run.state_name == "Completed", run.state
+    (cells,) = artifacts
+    assert len(json.loads(cells.data)) == 4  # 2 step sizes x 2 batch sizes x 1 seed
+    assert list((tmp_path / "reports").glob("sweep-*/sweep.png"))
