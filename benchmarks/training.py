@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,25 +137,34 @@ def optim_rate(x: np.ndarray, y: np.ndarray, lr: float) -> float:
     return x.shape[0] / best_time(epoch, 2)
 
 
-def sklearn_epoch(x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, float, float]:
-    """Seconds for one SGDRegressor.partial_fit epoch from (w0, b0), and its final (w, b)."""
+def sgd_regressor(lr: float, w0: float, b0: float, x: np.ndarray, y: np.ndarray) -> Any:
+    """scikit-learn's SGDRegressor set up to follow our per-point SGD from (w0, b0).
+
+    Its squared loss is half the MSE, so its step size is 2·lr. One partial_fit on the first
+    point initialises it; then (w, b) is set to (w0, b0).
+    """
     from sklearn.linear_model import SGDRegressor
 
+    model = SGDRegressor(
+        eta0=2 * lr,
+        learning_rate="constant",
+        penalty=None,
+        alpha=0.0,
+        fit_intercept=True,
+        shuffle=False,
+        average=False,
+    )
+    model.partial_fit(x[:1, None], y[:1])
+    model.coef_, model.intercept_ = np.array([w0]), np.array([b0])
+    return model
+
+
+def sklearn_epoch(x: np.ndarray, y: np.ndarray, lr: float) -> tuple[float, float, float]:
+    """Seconds for one SGDRegressor.partial_fit epoch from (w0, b0), and its final (w, b)."""
     features, target = x.astype(np.float64)[:, None], y.astype(np.float64)
     times, model = [], None
     for _ in range(REPEATS):
-        model = SGDRegressor(
-            eta0=2 * lr,  # its squared loss is half the MSE
-            learning_rate="constant",
-            penalty=None,
-            alpha=0.0,
-            fit_intercept=True,
-            shuffle=False,
-            average=False,
-        )
-        model.partial_fit(features[:1], target[:1])
-        model.coef_ = np.array([DEFAULTS.w0])
-        model.intercept_ = np.array([DEFAULTS.b0])
+        model = sgd_regressor(lr, DEFAULTS.w0, DEFAULTS.b0, features[:, 0], target)
         start = time.perf_counter()
         model.partial_fit(features, target)
         times.append(time.perf_counter() - start)

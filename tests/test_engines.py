@@ -174,20 +174,13 @@ def test_fast_engine_equals_reference_at_a_million_rows(
 
 
 def test_sklearn_sgd_regressor_follows_the_same_iterates() -> None:
-    linear_model = pytest.importorskip("sklearn.linear_model")
+    """The benchmark's scikit-learn anchor, set up as the benchmark does, takes our steps."""
+    pytest.importorskip("sklearn.linear_model")
+    from benchmarks.training import sgd_regressor
+
     x, y = line_data(20_000, seed=9)
     lr = 0.005
-    model = linear_model.SGDRegressor(
-        eta0=2 * lr,  # its squared loss is half the MSE, so its gradient is too
-        learning_rate="constant",
-        penalty=None,
-        alpha=0.0,
-        fit_intercept=True,
-        shuffle=False,
-        average=False,
-    )
-    model.partial_fit(x[:1, None], y[:1])
-    model.coef_, model.intercept_ = np.array([-10.0]), np.array([-20.0])
+    model = sgd_regressor(lr, -10.0, -20.0, x, y)
     history = train(x, y, make_spec(Method.sgd, lr, epochs=2))
     for epoch in (1, 2):
         model.partial_fit(x[:, None], y)
