@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterKey,
@@ -20,7 +21,7 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
 )
-from prefect.client.schemas.objects import Deployment
+from prefect.client.schemas.objects import Artifact, Deployment
 
 from flows.serving import WORK_POOL, ensure_work_pool
 from tasks.paths import PROJECT_ROOT
@@ -38,6 +39,22 @@ def prefect(*args: str, api: str, **env: str) -> subprocess.CompletedProcess[str
         text=True,
         timeout=240,
         check=False,
+    )
+
+
+def run_worker_once(api: str, data_dir: Path) -> None:
+    """A process worker on the project's pool runs the flow runs waiting there, then stops."""
+    worker = prefect(
+        "worker", "start", "--pool", WORK_POOL, "--run-once", api=api, GDFLOW_DATA_DIR=str(data_dir)
+    )
+    assert worker.returncode == 0, worker.stdout + worker.stderr
+
+
+def artifacts_of(client: SyncPrefectClient, run_id: UUID, key: str) -> list[Artifact]:
+    """The artifacts under `key` that one flow run published."""
+    return client.read_artifacts(
+        artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+        flow_run_filter=FlowRunFilter(id={"any_": [run_id]}),
     )
 
 
@@ -105,23 +122,11 @@ def test_a_scheduled_run_is_executed_by_a_worker(deployments, prefect_api, tmp_p
     with get_client(sync_client=True) as client:
         # what the scheduler creates for each occurrence: a Scheduled run of the deployment
         scheduled = client.create_flow_run_from_deployment(nightly.id, tags=["auto-scheduled"])
-    worker = prefect(
-        "worker",
-        "start",
-        "--pool",
-        WORK_POOL,
-        "--run-once",
-        api=prefect_api,
-        GDFLOW_DATA_DIR=str(tmp_path),
-    )
-    assert worker.returncode == 0, worker.stdout + worker.stderr
+    run_worker_once(prefect_api, tmp_path)
 
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(scheduled.id)
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gd-comparison"])),
-            flow_run_filter=FlowRunFilter(id={"any_": [run.id]}),
-        )
+        artifacts = artifacts_of(client, run.id, "gd-comparison")
         logs = [
             log.message
             for log in client.read_logs(
@@ -145,22 +150,10 @@ def test_a_sweep_split_by_seed_runs_on_a_worker(deployments, prefect_api, tmp_pa
         requested = client.create_flow_run_from_deployment(
             deployments["sweep"].id, parameters={"params": params}
         )
-    worker = prefect(
-        "worker",
-        "start",
-        "--pool",
-        WORK_POOL,
-        "--run-once",
-        api=prefect_api,
-        GDFLOW_DATA_DIR=str(tmp_path),
-    )
-    assert worker.returncode == 0, worker.stdout + worker.stderr
+    run_worker_once(prefect_api, tmp_path)
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(requested.id)
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gd-sweep-cells"])),
-            flow_run_filter=FlowRunFilter(id={"any_": [run.id]}),
-        )
+        artifacts = artifacts_of(client, run.id, "gd-sweep-cells")
     assert run.state_name == "Completed", run.state
     (cells,) = artifacts
     assert len(json.loads(cells.data)) == 4  # 2 step sizes x 2 batch sizes x 1 seed
