@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.processes import gdflow
+from tests.test_engines import NO_CUDA
 
 
 @pytest.mark.parametrize(
@@ -112,15 +114,7 @@ def test_a_run_without_a_server_uses_a_temporary_one_and_leaves_nothing_running(
     assert _processes_with(f"GDFLOW_DATA_DIR={data_dir}") == []
 
 
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-@pytest.mark.skipif(
-    not _has_cuda(), reason="needs a CUDA device that torch can see; this machine has none"
-)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)
 @pytest.mark.parametrize("engine", ["fast", "reference"])
 def test_a_run_on_cuda_completes_with_the_cpu_results(tmp_path, prefect_api, engine) -> None:
     args = ["run", "--json", "--n-samples", "200000", "--epochs", "5", "--engine", engine]
