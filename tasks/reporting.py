@@ -81,12 +81,8 @@ def plain_log_labels(axis: Axis) -> None:
 
 def log_scale(ax: Axes, axis: str = "y") -> None:
     """Put `axis` ("x" or "y") of `ax` on a log scale with plain-text tick labels."""
-    if axis == "y":
-        ax.set_yscale("log")
-        plain_log_labels(ax.yaxis)
-    else:
-        ax.set_xscale("log")
-        plain_log_labels(ax.xaxis)
+    getattr(ax, f"set_{axis}scale")("log")
+    plain_log_labels(getattr(ax, f"{axis}axis"))
 
 
 def method_name(method: str) -> str:
