@@ -147,6 +147,18 @@ def _run(params: RunParams, as_json: bool, table: str | None) -> int:
     if table is not None and table not in {m.value for m in params.methods}:
         raise UserError(f"--table {table}: that method is not being run; pick one of --methods")
     check_run(params)
+    from tasks import ahead
+
+    ahead.start(params)  # first, while this process is alone: it forks
+    try:
+        return _run_flow(params, as_json, table)
+    finally:
+        ahead.stop()
+
+
+def _run_flow(params: RunParams, as_json: bool, table: str | None) -> int:
+    from tasks import ahead
+
     target = _server_mode()
     if not as_json:
         err.print(f"Running gd-comparison on {target} ...")
@@ -155,7 +167,8 @@ def _run(params: RunParams, as_json: bool, table: str | None) -> int:
     with temporary_server_starting() as booting:
         from flows.comparison import gd_comparison, warm_up
 
-        if booting:  # otherwise idle time: load what the run needs meanwhile
+        # While a temporary server boots, load what the run needs, unless a helper computes it.
+        if booting and not ahead.computing():
             with contextlib.suppress(Exception):  # only a head start: the run meets any problem
                 warm_up(params)
 

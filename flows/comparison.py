@@ -11,8 +11,10 @@ from prefect.runtime import flow_run
 
 from flows.common import cached
 from tasks.datafile import stat_source
-from tasks.dataset import DatasetRef, dataset_path, generate_dataset
+from tasks.dataset import DatasetRef, chunk_sizes, dataset_path
 from tasks.fitting import history_path, train_method
+from tasks.generation import generate_dataset
+from tasks.normal import uses_torch
 from tasks.params import RunParams
 from tasks.paths import resolve_data_dir
 from tasks.publishing import publish_report
@@ -30,7 +32,7 @@ def _run_name() -> str:
 
 def warm_up(params: RunParams) -> None:
     """Load what a run of `params` will need, ahead of it: the numba kernels, matplotlib, and
-    torch when the synthetic data set is not on disk yet.
+    torch when the synthetic data set is not on disk yet and its generation needs torch.
 
     Meant for time the process would otherwise spend waiting (a temporary server booting in
     its own process); loading takes the same time later if it is skipped.
@@ -38,9 +40,11 @@ def warm_up(params: RunParams) -> None:
     from tasks import kernels
     from tasks.reporting import load_matplotlib
 
+    spec = params.data_spec()
     if (
         not params.data
-        and not dataset_path(resolve_data_dir(params.data_dir), params.data_spec()).exists()
+        and not dataset_path(resolve_data_dir(params.data_dir), spec).exists()
+        and uses_torch(chunk_sizes(spec))
     ):
         import torch  # noqa: F401  (generation needs it)
     kernels.warm_up(params.dtype)

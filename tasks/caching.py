@@ -1,50 +1,16 @@
-"""Cache keys that survive process restarts and change when the numeric code changes."""
+"""The cache policy of gdflow's tasks: keys that survive restarts (see tasks.keys)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
-from pydantic import BaseModel
 
-_PACKAGE = Path(__file__).resolve().parent
-# Every module whose code decides what a cached result contains.
-_NUMERIC_MODULES = ("dataset", "stats", "storage", "training", "kernels", "reference", "history")
+from tasks import keys
+from tasks.keys import stable_digest
 
-
-def _code_version() -> str:
-    digest = hashlib.sha256()
-    for name in _NUMERIC_MODULES:
-        path = _PACKAGE / f"{name}.py"
-        if path.exists():
-            digest.update(name.encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-CODE_VERSION = _code_version()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def stable_digest(*parts: Any) -> str:
-    """A hash of JSON-able values (pydantic models included) that is equal in every process."""
-    payload = json.dumps(_jsonable(parts), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+__all__ = ["STABLE_INPUTS", "StableInputs", "stable_digest"]
 
 
 class StableInputs(CachePolicy):
@@ -61,7 +27,7 @@ class StableInputs(CachePolicy):
         flow_parameters: dict[str, Any],
         **kwargs: Any,
     ) -> str | None:
-        return stable_digest(task_ctx.task.name, inputs, CODE_VERSION)
+        return stable_digest(task_ctx.task.name, inputs, keys.CODE_VERSION)
 
 
 STABLE_INPUTS = StableInputs()

@@ -1,4 +1,5 @@
-"""Stage 1: the synthetic data set, generated chunk by chunk and stored as Parquet."""
+"""The synthetic data set, generated chunk by chunk and stored as Parquet (free of Prefect;
+the task that runs it is tasks.generation)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict
 
-from tasks import caching
-from tasks.caching import STABLE_INPUTS
+from tasks import keys
+from tasks.normal import NormalStream
 from tasks.params import DataSpec
 from tasks.stats import Moments, MomentsAccumulator
 from tasks.storage import (
@@ -70,20 +70,49 @@ def x_values(spec: DataSpec, lo: int, hi: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def _chunk_bounds(spec: DataSpec, chunk_rows: int) -> list[tuple[int, int]]:
+    n = spec.n_samples
+    return [(lo, min(lo + chunk_rows, n)) for lo in range(0, n, chunk_rows)]
+
+
+def chunk_sizes(spec: DataSpec, chunk_rows: int = CHUNK_ROWS) -> list[int]:
+    """The sizes of the chunks generate_chunks yields (and of its noise draws)."""
+    return [hi - lo for lo, hi in _chunk_bounds(spec, chunk_rows)]
+
+
 def generate_chunks(
     spec: DataSpec, chunk_rows: int = CHUNK_ROWS
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (x, y) float32 chunks: y = slope·x + intercept + noise_std·N(0, 1), seeded."""
-    import torch  # imported here: a cached run never generates, so it never pays for torch
+    """Yield (x, y) float32 chunks: y = slope·x + intercept + noise_std·N(0, 1), seeded.
 
-    generator = torch.Generator().manual_seed(spec.seed)
-    slope = torch.tensor(spec.slope, dtype=torch.float32)
-    for lo in range(0, spec.n_samples, chunk_rows):
-        hi = min(lo + chunk_rows, spec.n_samples)
-        x = torch.from_numpy(x_values(spec, lo, hi))
-        noise = torch.randn(hi - lo, generator=generator)
-        y = (x * slope + spec.intercept) + spec.noise_std * noise
-        yield x.numpy(), y.numpy()
+    The noise is torch.randn's, drawn chunk by chunk from one generator; torch is imported only
+    where tasks.normal's numpy replica of that draw does not apply (and a cached run never
+    generates, so it never pays for torch).
+    """
+    bounds = _chunk_bounds(spec, chunk_rows)
+    noise = NormalStream(spec.seed, [hi - lo for lo, hi in bounds])
+    if not noise.uses_torch:
+        # torch's float32 arithmetic, step by step: each Python float is rounded to float32
+        # (torch does so for a scalar operand of a float32 tensor) and each step rounds once.
+        with np.errstate(over="ignore", invalid="ignore"):
+            coefs = [np.float32(v) for v in (spec.slope, spec.intercept, spec.noise_std)]
+        slope, intercept, noise_std = coefs
+        for lo, hi in bounds:
+            x = x_values(spec, lo, hi)
+            draw = noise.draw(hi - lo)
+            with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN as torch gives them
+                y = (x * slope + intercept) + noise_std * draw
+            yield x, y
+        return
+
+    import torch
+
+    slope_t = torch.tensor(spec.slope, dtype=torch.float32)
+    for lo, hi in bounds:
+        x_t = torch.from_numpy(x_values(spec, lo, hi))
+        noise_t = torch.randn(hi - lo, generator=noise.generator)
+        y_t = (x_t * slope_t + spec.intercept) + spec.noise_std * noise_t
+        yield x_t.numpy(), y_t.numpy()
 
 
 def generate(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +122,7 @@ def generate(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def spec_digest(spec: DataSpec) -> str:
-    payload = dumps_metadata({"spec": spec.model_dump(), "code": caching.CODE_VERSION})
+    payload = dumps_metadata({"spec": spec.model_dump(), "code": keys.CODE_VERSION})
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -205,18 +234,3 @@ def stream_columns(
     """x and y as float32 arrays one row group at a time, from a file whose hash is checked."""
     for table in iter_row_groups(record, [x_col, y_col]):
         yield _as_float32(table, x_col), _as_float32(table, y_col)
-
-
-@task(
-    cache_policy=STABLE_INPUTS,
-    persist_result=True,
-    task_run_name="generate-n{spec.n_samples}-seed{spec.seed}",
-)
-def generate_dataset(spec: DataSpec, data_dir: str) -> DatasetRef:
-    """Generate the synthetic data set and store it as Parquet."""
-    target = dataset_path(Path(data_dir), spec)
-    ref = write_dataset(spec, target)
-    get_run_logger().info(
-        "Generated %s rows -> %s (sha256 %s)", f"{ref.file.rows:,}", target, ref.file.sha256[:12]
-    )
-    return ref

@@ -19,20 +19,18 @@ from pydantic import BaseModel, ConfigDict
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from tasks import caching
+from tasks import ahead, keys
 from tasks.caching import STABLE_INPUTS, stable_digest
 from tasks.dataset import DatasetRef, load_columns, stream_columns
 from tasks.history import write_history
-from tasks.params import Method, MethodSpec
+from tasks.params import MethodSpec
 from tasks.paths import histories_dir
 from tasks.storage import FileRecord
 
 if TYPE_CHECKING:
+    from tasks.ahead import Trained
     from tasks.training import Progress as ProgressCallback
 
-# Data sets up to this size (x and y as float32) are loaded once and shared by the training
-# tasks of a process; larger ones stream from disk on every pass, in bounded memory.
-IN_MEMORY_BYTES = 1 << 30
 # A run shows a terminal bar and a Prefect progress artifact once it has worked this long.
 SHOW_PROGRESS_AFTER_S = 3.0
 
@@ -59,20 +57,15 @@ class HistoryRef(BaseModel):
 
 def history_path(data_dir: Path, dataset: DatasetRef, spec: MethodSpec) -> Path:
     """Where the history of `spec` trained on `dataset` lives (same inputs, same path)."""
-    digest = stable_digest(dataset.file, spec, caching.CODE_VERSION)[:16]
+    digest = stable_digest(dataset.file, spec, keys.CODE_VERSION)[:16]
     return histories_dir(data_dir) / f"{spec.method.value}-{digest}.parquet"
 
 
 def streams(dataset: DatasetRef, spec: MethodSpec) -> bool:
-    """Whether training reads the data from disk pass by pass instead of holding it in memory.
+    """Whether training reads the data from disk pass by pass (see training.streams_rows)."""
+    from tasks.training import streams_rows
 
-    The fast engine streams data larger than IN_MEMORY_BYTES, and never loads data for batch
-    gradient descent, which needs only the moments; the reference engine and shuffled epochs
-    need the data in memory.
-    """
-    if spec.engine != "fast" or (spec.shuffle and spec.method is not Method.bgd):
-        return False
-    return spec.method is Method.bgd or dataset.file.rows * 8 > IN_MEMORY_BYTES
+    return streams_rows(dataset.file.rows, spec)
 
 
 def fit(
@@ -80,14 +73,20 @@ def fit(
     spec: MethodSpec,
     target: Path,
     progress: ProgressCallback | None = None,
+    ahead: Trained | None = None,
 ) -> HistoryRef:
     """Train `spec` on the data set and write its history to `target`.
 
     `progress(epoch, loss)` is told about every tenth of the epochs (see training.train).
+    `ahead` is this training computed ahead (tasks.ahead): its history is stored instead.
     """
     from tasks.training import stream_visits, train, train_visits  # numba: only on a miss
 
-    if streams(dataset, spec):
+    if ahead is not None:
+        for epoch, loss in ahead.ticks if progress is not None else ():
+            progress(epoch, loss)
+        history = ahead.history
+    elif streams(dataset, spec):
         read = partial(stream_columns, dataset.file, dataset.x_col, dataset.y_col)
         visits = stream_visits(dataset.file.rows, read)
         history = train_visits(visits, spec, dataset.stats(), progress)
@@ -212,8 +211,11 @@ def progress_report(
 def train_method(dataset: DatasetRef, spec: MethodSpec, data_dir: str) -> HistoryRef:
     """Train one method and store its per-epoch history as Parquet."""
     logger = get_run_logger()
+    computed = ahead.trained(dataset, spec)
+    if computed is not None:
+        logger.info("%s: trained ahead, while the run started", spec.method.value)
     with progress_report(spec, logger) as report:
-        ref = fit(dataset, spec, history_path(Path(data_dir), dataset, spec), report)
+        ref = fit(dataset, spec, history_path(Path(data_dir), dataset, spec), report, computed)
     if ref.diverged:
         logger.warning("%s diverged: %s", spec.method.value, ref.reason)
     logger.info(

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tasks.keys import stable_digest
+
+if TYPE_CHECKING:
+    from tasks.params import RunParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR_ENV = "GDFLOW_DATA_DIR"
@@ -30,3 +36,9 @@ def reports_dir(data_dir: Path) -> Path:
 
 def histories_dir(data_dir: Path) -> Path:
     return data_dir / "histories"
+
+
+def report_name(params: RunParams) -> str:
+    """Same parameters, same report folder (a re-run replaces it)."""
+    relevant = params.model_dump(mode="json", exclude={"refresh", "data_dir"})
+    return f"{params.preset}-{stable_digest(relevant)[:10]}"

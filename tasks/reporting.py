@@ -3,25 +3,27 @@
 from __future__ import annotations
 
 import base64
+import io
 import math
-import os
 import re
 import textwrap
-import uuid
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from tasks.history import History
 from tasks.stats import Moments
+from tasks.storage import atomic_path, write_bytes_atomic
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.axes import Axes
     from matplotlib.axis import Axis
     from matplotlib.figure import Figure
+
+    from tasks.params import RunParams
 
 DPI = 110
 FIGSIZE = (14.0, 10.0)
@@ -456,6 +458,27 @@ def _legend_columns(labels: list[str]) -> int:
     return max(1, min(len(labels), 3, int(FIGSIZE[0] * 72 * 0.95 // width)))
 
 
+def caption(params: RunParams, source: str) -> str:
+    """The figure's caption: where the data came from, then the training settings."""
+    steps = ", ".join(f"{m.value} {params.lr(m):g}" for m in params.methods)
+    batch = (
+        f" (batch {params.batch_size})"
+        if any(m.value == "minibatch" for m in params.methods)
+        else ""
+    )
+    order = "shuffled each epoch" if params.shuffle else "in stored order"
+    data = (
+        f"data: {source}"
+        if params.data
+        else f"n = {params.n_samples:,}, noise σ = {params.noise_std:g}, seed {params.seed}"
+    )
+    return (
+        f"preset {params.preset} · {data} · {params.epochs} epochs "
+        f"from (w, b) = ({params.w0:g}, {params.b0:g}) · "
+        f"step sizes: {steps}{batch} · points {order} · {params.dtype}, {params.engine} engine"
+    )
+
+
 def build_figure(
     histories: list[History],
     x: np.ndarray,
@@ -503,27 +526,42 @@ def build_figure(
     return fig
 
 
-def save_figure(fig: Figure, png_path: Path, svg_path: Path) -> None:
-    """Write the figure as PNG and SVG, each atomically (temp file, then rename).
+def _draw(fig: Figure, sinks: list[tuple[str, BinaryIO]]) -> None:
+    """Save the figure in each (format, file) in turn.
 
-    The layout computed while drawing the PNG stands for the SVG too (a third less work).
+    The layout computed for the first format stands for the others (a third less work).
     """
     engine = fig.get_layout_engine()
     try:
-        for path, fmt in ((Path(png_path), "png"), (Path(svg_path), "svg")):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Not mkstemp: its files are private (0600); "x" mode creates one the umask governs.
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            try:
-                with tmp.open("xb") as fh:
-                    fig.savefig(fh, format=fmt, dpi=DPI)
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+        for fmt, sink in sinks:
+            fig.savefig(sink, format=fmt, dpi=DPI)
             fig.set_layout_engine("none")
     finally:
         fig.set_layout_engine(engine)
+
+
+def figure_bytes(fig: Figure) -> tuple[bytes, bytes]:
+    """The figure as PNG and as SVG."""
+    png, svg = io.BytesIO(), io.BytesIO()
+    _draw(fig, [("png", png), ("svg", svg)])
+    return png.getvalue(), svg.getvalue()
+
+
+def save_figure(fig: Figure, png_path: Path, svg_path: Path) -> None:
+    """Draw the figure into PNG and SVG files, each written atomically (temp file, rename)."""
+    with (
+        atomic_path(Path(png_path)) as png,
+        atomic_path(Path(svg_path)) as svg,
+        png.open("wb") as png_file,
+        svg.open("wb") as svg_file,
+    ):
+        _draw(fig, [("png", png_file), ("svg", svg_file)])
+
+
+def save_figure_bytes(drawn: tuple[bytes, bytes], png_path: Path, svg_path: Path) -> None:
+    """Write a figure drawn already (see figure_bytes) as PNG and SVG, each atomically."""
+    for data, path in zip(drawn, (png_path, svg_path), strict=True):
+        write_bytes_atomic(Path(path), data)
 
 
 def results_rows(

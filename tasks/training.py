@@ -17,6 +17,9 @@ from tasks.stats import moments as compute_moments
 DIVERGENCE_FACTOR = 1e3
 # Progress goes out about every tenth of the epochs, and at least this often while work goes on.
 PROGRESS_SECONDS = 2.0
+# Data sets up to this size (x and y as float32) are loaded once and shared by the training
+# tasks of a process; larger ones stream from disk on every pass, in bounded memory.
+IN_MEMORY_BYTES = 1 << 30
 # Rows per piece when a shuffled epoch gathers its points.
 GATHER_ROWS = 1 << 20
 
@@ -66,6 +69,19 @@ def array_visits(x: np.ndarray, y: np.ndarray, spec: MethodSpec) -> Visits:
             yield x[idx], y[idx]
 
     return Visits(n, gathered, fixed=False)
+
+
+def streams_rows(rows: int, spec: MethodSpec) -> bool:
+    """Whether training reads a stored data set of `rows` rows pass by pass from disk instead of
+    holding it in memory.
+
+    The fast engine streams data larger than IN_MEMORY_BYTES, and never loads data for batch
+    gradient descent, which needs only the moments; the reference engine and shuffled epochs
+    need the data in memory.
+    """
+    if spec.engine != "fast" or (spec.shuffle and spec.method is not Method.bgd):
+        return False
+    return spec.method is Method.bgd or rows * 8 > IN_MEMORY_BYTES
 
 
 def stream_visits(n: int, read: Callable[[], Iterable[Chunk]]) -> Visits:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 from prefect import get_run_logger, task
 
-from tasks import caching
+from tasks import keys
 from tasks.caching import STABLE_INPUTS, stable_digest
 from tasks.datafile import (
     SourceFile,
@@ -26,7 +26,7 @@ from tasks.storage import dumps_metadata, write_parquet
 
 def user_dataset_path(data_dir: Path, source: SourceFile, x_col: str, y_col: str) -> Path:
     """Where the copy of this version of the user's file lives (same file, same path)."""
-    digest = stable_digest(source, x_col, y_col, caching.CODE_VERSION)[:16]
+    digest = stable_digest(source, x_col, y_col, keys.CODE_VERSION)[:16]
     return data_dir / "datasets" / f"user-{digest}.parquet"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from tasks.caching import STABLE_INPUTS
-from tasks.dataset import generate_dataset
+from tasks.generation import generate_dataset
 from tasks.params import RunParams
 from tasks.paths import PROJECT_ROOT
 from tasks.storage import MANIFEST_SUFFIX, is_intact, read_manifest, sha256_file
@@ -52,14 +52,14 @@ def gdflow(
     )
 
 
-def start(*args: str, data_dir: Path, api: str) -> subprocess.Popen[str]:
+def start(*args: str, data_dir: Path, api: str, **extra_env: str) -> subprocess.Popen[str]:
     """Start `gdflow ARGS` without waiting for it."""
     return subprocess.Popen(
         gdflow_args(*args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=command_env(data_dir, api),
+        env=command_env(data_dir, api, **extra_env),
         cwd=PROJECT_ROOT,
     )
 

@@ -4,6 +4,9 @@ After every kill, no file that a reader would accept differs from its recorded h
 next run reuses what had finished: the data set once the training began, the trained methods
 once the report began. Each round ends with a run that completes, with the exact numbers of a
 run that was never interrupted.
+
+The runs compute in their tasks (no helper computing ahead, see tasks.ahead): the kills are
+meant to land in the tasks' own work. A helper writes no file.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 
+from tasks import ahead
 from tasks.dataset import dataset_path, generate
 from tasks.history import read_history
 from tasks.params import RunParams
@@ -37,6 +41,7 @@ MAX_MISSES = 4  # runs that finished before they could be killed, per round
 ROUNDS = 2
 SEED = 20240611  # of the kill delays; printed with every failure
 PHASES = ("writing", "training", "reporting")
+IN_TASKS = {ahead.SWITCH_ENV: "0"}
 
 
 def _held_locks(data_dir: Path) -> set[str]:
@@ -120,7 +125,7 @@ def kill_one(
     stale = temp_files(data_dir)
     dataset = dataset_path(data_dir, params.data_spec())
     lock = dataset_key(params, data_dir)
-    proc = start(*args, data_dir=data_dir, api=api)
+    proc = start(*args, data_dir=data_dir, api=api, **IN_TASKS)
     if target == "any":
         _wait(proc, lambda: False, timeout=rng.uniform(0.5, 4.0))
     else:
@@ -166,7 +171,7 @@ def test_killed_runs_never_leave_a_trusted_bad_file_and_the_next_run_reuses_work
             for summary in reports_dir(data_dir).glob("*/summary.json"):
                 json.loads(summary.read_text())  # complete, or absent: never half-written
 
-        proc = start(*args, data_dir=data_dir, api=prefect_api)
+        proc = start(*args, data_dir=data_dir, api=prefect_api, **IN_TASKS)
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr[-3000:]
         result = json.loads(stdout)

@@ -134,7 +134,7 @@ def test_deleted_history_is_retrained(tmp_path) -> None:
 
 def test_numeric_code_change_invalidates_training(tmp_path, monkeypatch) -> None:
     run(tmp_path)
-    monkeypatch.setattr("tasks.caching.CODE_VERSION", "a-different-version")
+    monkeypatch.setattr("tasks.keys.CODE_VERSION", "a-different-version")
     _, states = run(tmp_path)
     assert {states[f"train-{n}"] for n in ("bgd", "sgd", "minibatch")} == {"Completed"}
 

@@ -18,7 +18,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.logging.handlers import APILogWorker
 
-from tasks import fitting
+from tasks import fitting, training
 from tasks.dataset import DatasetRef, generate, load_columns, stream_columns, write_dataset
 from tasks.fitting import fit, streams, train_method
 from tasks.history import read_history
@@ -83,7 +83,7 @@ def test_a_file_changed_after_a_verified_read_is_checked_again(dataset, tmp_path
 )
 def test_streaming_fit_equals_in_memory_fit(dataset, tmp_path, monkeypatch, spec) -> None:
     in_memory = read_history(fit(dataset, spec, tmp_path / "a.parquet").file)
-    monkeypatch.setattr(fitting, "IN_MEMORY_BYTES", 1 << 20)
+    monkeypatch.setattr(training, "IN_MEMORY_BYTES", 1 << 20)
     assert streams(dataset, spec)
     streamed = read_history(fit(dataset, spec, tmp_path / "b.parquet").file)
     for column in ("loss", "w", "b", "updates"):
@@ -91,7 +91,7 @@ def test_streaming_fit_equals_in_memory_fit(dataset, tmp_path, monkeypatch, spec
 
 
 def test_shuffled_and_reference_runs_hold_the_data_in_memory(dataset, monkeypatch) -> None:
-    monkeypatch.setattr(fitting, "IN_MEMORY_BYTES", 1 << 20)
+    monkeypatch.setattr(training, "IN_MEMORY_BYTES", 1 << 20)
     assert not streams(dataset, method(Method.sgd, shuffle=True))
     assert not streams(dataset, method(Method.sgd, engine="reference"))
     assert streams(dataset, method(Method.bgd, shuffle=True))
