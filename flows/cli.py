@@ -146,11 +146,13 @@ def _report_failure(state: Any, run_id: str, what: str, as_json: bool) -> int:
 def _run(params: RunParams, as_json: bool, table: str | None) -> int:
     if table is not None and table not in {m.value for m in params.methods}:
         raise UserError(f"--table {table}: that method is not being run; pick one of --methods")
-    check_run(params)
     from tasks import ahead
 
-    ahead.start(params)  # first, while this process is alone: it forks
+    # First, while this process is alone and has not loaded Prefect: it forks. A refused run
+    # ends it unused.
+    ahead.start(params)
     try:
+        check_run(params)
         return _run_flow(params, as_json, table)
     finally:
         ahead.stop()

@@ -138,7 +138,7 @@ def _compute(params: RunParams, conn: Connection) -> None:
     import numpy as np
 
     from tasks.dataset import _Summary, describe, generate_chunks
-    from tasks.reporting import build_figure, caption, figure_bytes
+    from tasks.reporting import build_figure, caption
     from tasks.training import stream_visits, streams_rows, train, train_visits
 
     spec = params.data_spec()
@@ -182,7 +182,33 @@ def _compute(params: RunParams, conn: Connection) -> None:
         true_intercept=intercept,
         caption=text,
     )
-    conn.send(("figure", key, figure_bytes(figure)))
+    conn.send(("figure", key, _png_and_svg(figure)))
+
+
+def _png_and_svg(figure: Any) -> tuple[bytes, bytes]:
+    """The figure as PNG, drawn here, and as SVG, drawn side by side in a forked process; both
+    from one layout."""
+    from tasks.reporting import figure_bytes, lay_out
+
+    lay_out(figure)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # draws the SVG
+        os.close(read_end)
+        try:
+            _die_with_parent()
+            with os.fdopen(write_end, "wb") as out:
+                out.write(figure_bytes(figure, "svg"))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        png = figure_bytes(figure, "png")
+    finally:
+        with os.fdopen(read_end, "rb") as got:
+            svg = got.read()
+        os.waitpid(pid, 0)
+    return png, svg or figure_bytes(figure, "svg")  # nothing came: draw it here
 
 
 def _die_with_parent() -> None:

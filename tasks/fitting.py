@@ -29,6 +29,7 @@ from tasks.storage import FileRecord
 
 if TYPE_CHECKING:
     from tasks.ahead import Trained
+    from tasks.history import History
     from tasks.training import Progress as ProgressCallback
 
 # A run shows a terminal bar and a Prefect progress artifact once it has worked this long.
@@ -68,6 +69,17 @@ def streams(dataset: DatasetRef, spec: MethodSpec) -> bool:
     return streams_rows(dataset.file.rows, spec)
 
 
+def _train(dataset: DatasetRef, spec: MethodSpec, progress: ProgressCallback | None) -> History:
+    from tasks.training import stream_visits, train, train_visits  # numba: only when training
+
+    if streams(dataset, spec):
+        read = partial(stream_columns, dataset.file, dataset.x_col, dataset.y_col)
+        visits = stream_visits(dataset.file.rows, read)
+        return train_visits(visits, spec, dataset.stats(), progress)
+    x, y = load_columns(dataset.file, dataset.x_col, dataset.y_col)
+    return train(x, y, spec, dataset.stats(), progress)
+
+
 def fit(
     dataset: DatasetRef,
     spec: MethodSpec,
@@ -80,19 +92,12 @@ def fit(
     `progress(epoch, loss)` is told about every tenth of the epochs (see training.train).
     `ahead` is this training computed ahead (tasks.ahead): its history is stored instead.
     """
-    from tasks.training import stream_visits, train, train_visits  # numba: only on a miss
-
     if ahead is not None:
         for epoch, loss in ahead.ticks if progress is not None else ():
             progress(epoch, loss)
         history = ahead.history
-    elif streams(dataset, spec):
-        read = partial(stream_columns, dataset.file, dataset.x_col, dataset.y_col)
-        visits = stream_visits(dataset.file.rows, read)
-        history = train_visits(visits, spec, dataset.stats(), progress)
     else:
-        x, y = load_columns(dataset.file, dataset.x_col, dataset.y_col)
-        history = train(x, y, spec, dataset.stats(), progress)
+        history = _train(dataset, spec, progress)
     record = write_history(
         history,
         target,

@@ -540,11 +540,19 @@ def _draw(fig: Figure, sinks: list[tuple[str, BinaryIO]]) -> None:
         fig.set_layout_engine(engine)
 
 
-def figure_bytes(fig: Figure) -> tuple[bytes, bytes]:
-    """The figure as PNG and as SVG."""
-    png, svg = io.BytesIO(), io.BytesIO()
-    _draw(fig, [("png", png), ("svg", svg)])
-    return png.getvalue(), svg.getvalue()
+def lay_out(fig: Figure) -> None:
+    """Compute the figure's layout once, now, and keep it for every later save."""
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)
+    fig.set_layout_engine("none")
+
+
+def figure_bytes(fig: Figure, fmt: str) -> bytes:
+    """The figure saved in one format ("png" or "svg")."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=DPI)
+    return buffer.getvalue()
 
 
 def save_figure(fig: Figure, png_path: Path, svg_path: Path) -> None:
