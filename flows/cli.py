@@ -170,7 +170,7 @@ def _run_flow(params: RunParams, as_json: bool, table: str | None) -> int:
         from flows.comparison import gd_comparison, warm_up
 
         # While a temporary server boots, load what the run needs, unless a helper computes it.
-        if booting and not ahead.computing():
+        if booting and not ahead.active():
             with contextlib.suppress(Exception):  # only a head start: the run meets any problem
                 warm_up(params)
 

@@ -11,12 +11,12 @@ from prefect.runtime import flow_run
 
 from flows.common import cached
 from tasks.datafile import stat_source
-from tasks.dataset import DatasetRef, chunk_sizes, dataset_path
+from tasks.dataset import DatasetRef, chunk_sizes
 from tasks.fitting import history_path, train_method
 from tasks.generation import generate_dataset
 from tasks.normal import uses_torch
 from tasks.params import RunParams
-from tasks.paths import resolve_data_dir
+from tasks.paths import dataset_path, resolve_data_dir
 from tasks.publishing import publish_report
 from tasks.userdata import load_user_data, user_dataset_path
 

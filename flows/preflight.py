@@ -33,7 +33,7 @@ def check_run(params: RunParams) -> None:
 
 
 def _rows_to_generate(params: RunParams, data_dir: Path) -> int:
-    from tasks.dataset import dataset_path
+    from tasks.paths import dataset_path
     from tasks.storage import is_intact
 
     return 0 if is_intact(dataset_path(data_dir, params.data_spec())) else params.n_samples

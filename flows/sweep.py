@@ -18,11 +18,11 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.common import cached
-from tasks.dataset import DatasetRef, dataset_path
+from tasks.dataset import DatasetRef
 from tasks.fitting import history_path, train_method
 from tasks.generation import generate_dataset
 from tasks.params import SweepParams
-from tasks.paths import resolve_data_dir
+from tasks.paths import dataset_path, resolve_data_dir
 from tasks.sweeping import grid, publish_sweep
 
 _ADDRESS = re.compile(r"^(tcp|tls)://[^\s/:]+:\d+$")

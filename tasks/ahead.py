@@ -23,12 +23,13 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from tasks import keys
 from tasks.params import MethodSpec, RunParams
-from tasks.paths import report_name, reports_dir, resolve_data_dir
+from tasks.paths import dataset_path, report_name, reports_dir, resolve_data_dir
 
 if TYPE_CHECKING:  # numpy and the rest load in the helper: the command forks before them
     from multiprocessing.connection import Connection
@@ -40,6 +41,8 @@ if TYPE_CHECKING:  # numpy and the rest load in the helper: the command forks be
     from tasks.stats import Moments
 
 AHEAD_MAX_ROWS = 1 << 20
+AHEAD_MAX_VISITS = 20_000_000  # rows x epochs
+QUIET_LIMIT_S = 60.0  # a helper silent this long is taken for stuck: the tasks compute instead
 SWITCH_ENV = "GDFLOW_AHEAD"  # "0": no helper, every task computes its own result
 FIGURE_INPUTS = "figure-inputs.json"  # beside a report's figures: what they were drawn from
 
@@ -108,8 +111,16 @@ def figure_key(
 # --- the helper process ------------------------------------------------------------------------
 
 
-def _eligible(params: RunParams) -> bool:
-    return not params.data and params.device == "cpu" and params.n_samples <= AHEAD_MAX_ROWS
+def _small(params: RunParams) -> bool:
+    """Synthetic data, the fast engine on the CPU, and little enough work to finish in about a
+    second (longer training reports its progress live, from its own task)."""
+    return (
+        not params.data
+        and params.device == "cpu"
+        and params.engine == "fast"
+        and params.n_samples <= AHEAD_MAX_ROWS
+        and params.n_samples * params.epochs <= AHEAD_MAX_VISITS
+    )
 
 
 def worth_computing(params: RunParams) -> bool:
@@ -118,12 +129,10 @@ def worth_computing(params: RunParams) -> bool:
     A repeated run finds its figure drawn for its parameters (and so its data and histories
     cached): it computes nothing, and a helper would only take CPU from it.
     """
-    if not _eligible(params):
+    if not _small(params):
         return False
     if params.refresh:
         return True
-    from tasks.dataset import dataset_path
-
     data_dir = resolve_data_dir(params.data_dir)
     drawn = reports_dir(data_dir) / report_name(params) / FIGURE_INPUTS
     return not (dataset_path(data_dir, params.data_spec()).is_file() and drawn.is_file())
@@ -132,9 +141,6 @@ def worth_computing(params: RunParams) -> bool:
 def _compute(params: RunParams, conn: Connection) -> None:
     """The helper's work. It sends ("plan", kind, keys) before the results of a kind, then
     ("history", key, Trained) per method and ("figure", key, (png, svg))."""
-    if not worth_computing(params):
-        conn.send(("plan", "history", []))
-        return
     import numpy as np
 
     from tasks.dataset import _Summary, describe, generate_chunks
@@ -204,11 +210,29 @@ def _png_and_svg(figure: Any) -> tuple[bytes, bytes]:
     os.close(write_end)
     try:
         png = figure_bytes(figure, "png")
+        svg = _read_all(read_end, QUIET_LIMIT_S / 2)
     finally:
-        with os.fdopen(read_end, "rb") as got:
-            svg = got.read()
+        os.close(read_end)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # done already, or stuck
         os.waitpid(pid, 0)
     return png, svg or figure_bytes(figure, "svg")  # nothing came: draw it here
+
+
+def _read_all(fd: int, seconds: float) -> bytes:
+    """Everything written to pipe `fd` until its writer closes it; b"" after `seconds`."""
+    import select
+
+    deadline = time.monotonic() + seconds
+    chunks = []
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+    return b""
 
 
 def _die_with_parent() -> None:
@@ -277,15 +301,10 @@ class Ahead:
                 plan = self._plans.get(kind)
                 if self._done or (plan is not None and key not in plan):
                     return None
-                self._cond.wait()
+                if not self._cond.wait(QUIET_LIMIT_S):  # nothing came: do not wait for it
+                    self._done = True
+                    return None
             return self._results.pop((kind, key))
-
-    def computing(self) -> bool:
-        """Whether the helper computes anything (it says so at once)."""
-        with self._cond:
-            while "history" not in self._plans and not self._done:
-                self._cond.wait()
-            return bool(self._plans.get("history"))
 
     def stop(self) -> None:
         if self._process.is_alive():
@@ -298,17 +317,18 @@ _current: Ahead | None = None
 
 
 def start(params: RunParams) -> bool:
-    """Fork a helper to compute ahead for a one-off run of `params` (it decides at once whether
-    there is anything to compute; see worth_computing).
+    """Fork a helper to compute ahead for a one-off run of `params`, if it is worth it (see
+    worth_computing); returns whether it did.
 
-    Only where forking is safe: on Linux, from a process with no other threads yet.
+    Only where forking is safe: on Linux, from a process with no other threads and none of
+    numpy's (BLAS) threads yet.
     """
     global _current
     if _current is not None or os.environ.get(SWITCH_ENV) == "0":
         return False
     if not sys.platform.startswith("linux"):
         return False
-    if threading.active_count() != 1 or not _eligible(params):
+    if threading.active_count() != 1 or "numpy" in sys.modules or not worth_computing(params):
         return False
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
@@ -329,11 +349,6 @@ def stop() -> None:
 
 def active() -> bool:
     return _current is not None
-
-
-def computing() -> bool:
-    """Whether a helper is computing ahead of this run (waits for its first word)."""
-    return _current is not None and _current.computing()
 
 
 def trained(dataset: DatasetRef, spec: MethodSpec) -> Trained | None:

@@ -3,7 +3,6 @@ the task that runs it is tasks.generation)."""
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import platform
 import threading
@@ -17,14 +16,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from tasks import keys
+from tasks.keys import dumps_metadata
 from tasks.normal import NormalStream
 from tasks.params import DataSpec
 from tasks.stats import Moments, MomentsAccumulator
 from tasks.storage import (
     CorruptFileError,
     FileRecord,
-    dumps_metadata,
     iter_row_groups,
     write_parquet,
 )
@@ -119,15 +117,6 @@ def generate(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
     """The whole data set in memory (small sizes, tests)."""
     xs, ys = zip(*generate_chunks(spec), strict=True)
     return np.concatenate(xs), np.concatenate(ys)
-
-
-def spec_digest(spec: DataSpec) -> str:
-    payload = dumps_metadata({"spec": spec.model_dump(), "code": keys.CODE_VERSION})
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def dataset_path(data_dir: Path, spec: DataSpec) -> Path:
-    return data_dir / "datasets" / f"synthetic-{spec_digest(spec)}.parquet"
 
 
 def describe(spec: DataSpec) -> str:

@@ -7,8 +7,9 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from tasks.caching import STABLE_INPUTS
-from tasks.dataset import DatasetRef, dataset_path, write_dataset
+from tasks.dataset import DatasetRef, write_dataset
 from tasks.params import DataSpec
+from tasks.paths import dataset_path
 
 
 @task(

@@ -55,3 +55,8 @@ def stable_digest(*parts: Any) -> str:
     """A hash of JSON-able values (pydantic models included) that is equal in every process."""
     payload = json.dumps(_jsonable(parts), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def dumps_metadata(value: object) -> str:
+    """Compact, key-sorted JSON: the same text for the same value in every process."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import tempfile
 import threading
@@ -187,7 +186,3 @@ def file_metadata(path: Path) -> dict[str, str]:
     """Key-value metadata of a Parquet file's schema, decoded."""
     raw = pq.read_schema(path).metadata or {}
     return {k.decode(): v.decode() for k, v in raw.items()}
-
-
-def dumps_metadata(value: object) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -20,8 +20,9 @@ from tasks.datafile import (
     stat_source,
 )
 from tasks.dataset import SCHEMA, DatasetRef, _Summary
+from tasks.keys import dumps_metadata
 from tasks.params import InputError
-from tasks.storage import dumps_metadata, write_parquet
+from tasks.storage import write_parquet
 
 
 def user_dataset_path(data_dir: Path, source: SourceFile, x_col: str, y_col: str) -> Path:

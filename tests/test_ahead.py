@@ -109,7 +109,7 @@ def test_take_gives_up_when_the_helper_ends_without_the_result() -> None:
 def test_a_repeated_run_computes_nothing_ahead(tmp_path) -> None:
     params = PARAMS.model_copy(update={"data_dir": str(tmp_path)})
     assert ahead.worth_computing(params)
-    from tasks.dataset import dataset_path
+    from tasks.paths import dataset_path
 
     data = dataset_path(tmp_path, params.data_spec())
     data.parent.mkdir(parents=True)
@@ -120,7 +120,13 @@ def test_a_repeated_run_computes_nothing_ahead(tmp_path) -> None:
     drawn.write_text("{}")
     assert not ahead.worth_computing(params)
     assert ahead.worth_computing(params.model_copy(update={"refresh": True}))
-    assert not ahead.worth_computing(params.model_copy(update={"data": "mine.csv"}))
+    for other in (
+        {"data": "mine.csv"},
+        {"engine": "reference"},
+        {"n_samples": ahead.AHEAD_MAX_ROWS + 1},
+        {"epochs": ahead.AHEAD_MAX_VISITS // params.n_samples + 1},
+    ):
+        assert not ahead.worth_computing(params.model_copy(update={**other, "refresh": True}))
 
 
 def _run(data_dir: Path, api: str, **env: str) -> tuple[dict, str]:
@@ -167,7 +173,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
 def test_the_helper_ends_with_a_killed_command(tmp_path) -> None:
     """No server: the command boots a temporary one; meanwhile its helper computes."""
-    proc = start("run", "--n-samples", "1000000", "--epochs", "300", data_dir=tmp_path, api="")
+    proc = start("run", "--n-samples", "1000000", "--epochs", "20", data_dir=tmp_path, api="")
     try:
         deadline = time.monotonic() + 60
         helpers: list[int] = []

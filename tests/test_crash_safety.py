@@ -25,10 +25,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 
 from tasks import ahead
-from tasks.dataset import dataset_path, generate
+from tasks.dataset import generate
 from tasks.history import read_history
 from tasks.params import RunParams
-from tasks.paths import locks_dir, reports_dir
+from tasks.paths import dataset_path, locks_dir, reports_dir
 from tasks.safecache import LOCK_SUFFIX, ProcessLockManager
 from tasks.stats import moments
 from tasks.storage import read_manifest
