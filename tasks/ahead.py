@@ -7,10 +7,10 @@ computes in memory what the run's tasks will compute: the synthetic data set, ea
 history, the figure. When a task runs, it asks for its result by a digest of its actual inputs
 (the data it loaded, the histories it read): on a match it takes the result, and says so in its
 log; otherwise it computes as usual. The tasks still write every file, publish every artifact
-and keep their caching. Runs started any other way (deployments, workers, tests) have no helper
-and compute in the task.
+and keep their caching. Runs started any other way (deployments, workers, serving, a flow
+called from Python) have no helper and compute in the task.
 
-Only small synthetic data sets are computed ahead (at most AHEAD_MAX_ROWS rows, on the CPU).
+Only small runs are computed ahead (see _small), on Linux; GDFLOW_AHEAD=0 turns it off.
 """
 
 from __future__ import annotations
@@ -99,7 +99,10 @@ def figure_key(
         for f in fields(h):
             if f.name != "extra":  # file metadata, not drawn
                 value = getattr(h, f.name)
-                parts.append(_array(value) if isinstance(value, np.ndarray) else repr(value))
+                if isinstance(value, np.ndarray):
+                    parts.append(_array(value))
+                else:  # a numpy scalar and the Python number it equals give one text
+                    parts.append(repr(value.item() if isinstance(value, np.generic) else value))
     parts += [
         _array(np.asarray(preview_x, dtype=float)),
         _array(np.asarray(preview_y, dtype=float)),
@@ -143,13 +146,13 @@ def _compute(params: RunParams, conn: Connection) -> None:
     ("history", key, Trained) per method and ("figure", key, (png, svg))."""
     import numpy as np
 
-    from tasks.dataset import _Summary, describe, generate_chunks
+    from tasks.dataset import Summary, describe, generate_chunks
     from tasks.reporting import build_figure, caption
     from tasks.training import stream_visits, streams_rows, train, train_visits
 
     spec = params.data_spec()
     n = spec.n_samples
-    summary = _Summary(n)
+    summary = Summary(n)
     xs, ys = [], []
     for x, y in generate_chunks(spec):
         summary.add(x, y)
@@ -173,8 +176,7 @@ def _compute(params: RunParams, conn: Connection) -> None:
             history = train(x, y, method_spec, stats, tick)
         conn.send(("history", key, Trained(history, ticks)))
         histories.append(history)
-    preview_x = np.concatenate(summary.px).astype(float)
-    preview_y = np.concatenate(summary.py).astype(float)
+    preview_x, preview_y = summary.preview()
     text = caption(params, describe(spec))
     slope, intercept = params.slope, params.intercept
     key = figure_key(histories, preview_x, preview_y, stats, slope, intercept, text)

@@ -137,7 +137,7 @@ def _metadata(spec: DataSpec) -> dict[str, str]:
     }
 
 
-class _Summary:
+class Summary:
     """Moments and a strided preview, collected while chunks stream past."""
 
     def __init__(self, n: int) -> None:
@@ -155,23 +155,28 @@ class _Summary:
         self.moments.add(x, y)
         self.seen += len(x)
 
+    def preview(self) -> tuple[np.ndarray, np.ndarray]:
+        """The preview points as float64 arrays, as a DatasetRef holds them."""
+        return np.concatenate(self.px).astype(float), np.concatenate(self.py).astype(float)
+
     def ref(
         self, record: FileRecord, source: str, x_col: str = "x", y_col: str = "y"
     ) -> DatasetRef:
+        preview_x, preview_y = self.preview()
         return DatasetRef(
             file=record,
             source=source,
             x_col=x_col,
             y_col=y_col,
             moments=asdict(self.moments.result()),
-            preview_x=np.concatenate(self.px).astype(float).tolist(),
-            preview_y=np.concatenate(self.py).astype(float).tolist(),
+            preview_x=preview_x.tolist(),
+            preview_y=preview_y.tolist(),
         )
 
 
 def write_dataset(spec: DataSpec, target: Path) -> DatasetRef:
     """Generate the data set into `target` chunk by chunk, with bounded memory."""
-    summary = _Summary(spec.n_samples)
+    summary = Summary(spec.n_samples)
 
     def batches() -> Iterator[pa.RecordBatch]:
         for x, y in generate_chunks(spec):

@@ -19,7 +19,7 @@ from tasks.datafile import (
     read_columns,
     stat_source,
 )
-from tasks.dataset import SCHEMA, DatasetRef, _Summary
+from tasks.dataset import SCHEMA, DatasetRef, Summary
 from tasks.keys import dumps_metadata
 from tasks.params import InputError
 from tasks.storage import write_parquet
@@ -46,7 +46,7 @@ def ingest(source: SourceFile, x_col: str, y_col: str, target: Path) -> DatasetR
     sha256 = content_hash(fs, path)
     pf = parquet_file(source.uri)
     rows, types = check_footer(pf, source.uri, x_col, y_col)
-    summary = _Summary(rows)
+    summary = Summary(rows)
 
     def batches() -> Iterator[pa.RecordBatch]:
         for x, y in read_columns(pf, source.uri, x_col, y_col):
