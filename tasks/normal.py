@@ -11,8 +11,8 @@ its AVX2 kernel (the AVX512 build runs the same one). That kernel
 * when n is not a multiple of 16, draws 16 more uniforms and recomputes the last 16 values
   from them as one block.
 
-log and sincos are the Cephes-style float32 polynomials of avx_mathfun.h as the compiler built
-them, with fused multiply-adds; they are replayed here in float32 with exactly rounded fused
+log and sincos are the kernel's Cephes-style float32 polynomials as the compiler built them,
+with fused multiply-adds; they are replayed here in float32 with exactly rounded fused
 multiply-adds (float64 sum, error-free TwoSum, round to odd, then one rounding to float32).
 
 torch is used instead where this does not hold or does not pay: not an x86-64 CPU with AVX2 and
@@ -120,7 +120,7 @@ def _f64(x: np.ndarray) -> np.ndarray:
 
 
 def _log(x: np.ndarray) -> np.ndarray:
-    """log of float32 values in [2**-24, 1] as avx_mathfun's log256_ps computes it.
+    """log of float32 values in [2**-24, 1] as torch's AVX2 kernel computes it.
 
     (Its clamp to the smallest normal number and its NaN for x <= 0 never act on this range.)
     """
@@ -142,7 +142,7 @@ def _log(x: np.ndarray) -> np.ndarray:
 
 
 def _sincos(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sin, cos) of float32 values as avx_mathfun's sincos256_ps computes them."""
+    """(sin, cos) of float32 values as torch's AVX2 kernel computes them."""
     x_bits = x.view(np.uint32)
     x = (x_bits & np.uint32(0x7FFFFFFF)).view(_F32)
     j = (x * _FOUR_OVER_PI).astype(np.int32)
