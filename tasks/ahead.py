@@ -248,7 +248,8 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
-def _helper_main(params: RunParams, conn: Connection) -> None:
+def _helper_main(params: RunParams, conn: Connection, parents_end: Connection) -> None:
+    parents_end.close()  # else a send could wait forever on a reader that is gone
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's to handle
     quiet = os.open(os.devnull, os.O_WRONLY)
@@ -334,7 +335,7 @@ def start(params: RunParams) -> bool:
         return False
     context = multiprocessing.get_context("fork")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_helper_main, args=(params, sender), daemon=True)
+    process = context.Process(target=_helper_main, args=(params, sender, receiver), daemon=True)
     process.start()
     sender.close()
     _current = Ahead(process, receiver)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -16,7 +18,7 @@ from tasks import ahead
 from tasks.dataset import generate
 from tasks.history import read_history, write_history
 from tasks.params import Method, RunParams
-from tasks.paths import report_name, reports_dir
+from tasks.paths import PROJECT_ROOT, report_name, reports_dir
 from tasks.stats import moments
 from tasks.storage import read_manifest
 from tasks.training import train
@@ -171,9 +173,10 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
-def test_the_helper_ends_with_a_killed_command(tmp_path) -> None:
-    """No server: the command boots a temporary one; meanwhile its helper computes."""
-    proc = start("run", "--n-samples", "1000000", "--epochs", "20", data_dir=tmp_path, api="")
+def test_the_helper_ends_with_a_killed_command(tmp_path, prefect_api) -> None:
+    proc = start(
+        "run", "--n-samples", "1000000", "--epochs", "20", data_dir=tmp_path, api=prefect_api
+    )
     try:
         deadline = time.monotonic() + 60
         helpers: list[int] = []
@@ -202,3 +205,34 @@ def _status(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return "zombie"
+
+
+_ORPHAN = """
+import multiprocessing, sys
+from tasks import ahead
+from tasks.params import RunParams
+
+params = RunParams(n_samples=240, epochs=6, data_dir=sys.argv[1])
+context = multiprocessing.get_context("fork")
+receiver, sender = context.Pipe(duplex=False)
+helper = context.Process(target=ahead._helper_main, args=(params, sender, receiver), daemon=True)
+helper.start()
+sender.close()
+receiver.close()  # the command stops listening, and stays alive
+helper.join(30)
+print("alive" if helper.is_alive() else "ended")
+helper.kill()
+"""
+
+
+def test_a_helper_nobody_listens_to_ends(tmp_path) -> None:
+    """Its sends fail at once instead of filling the pipe and waiting forever."""
+    result = subprocess.run(
+        [sys.executable, "-c", _ORPHAN, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert result.stdout.strip() == "ended", result.stderr[-2000:]
