@@ -28,6 +28,27 @@ def _running(task_run_name: str) -> int:
     return len(runs)
 
 
+def _final_task_states(flow_run_ids: list[str], expected: int) -> dict[str, list[str]]:
+    """{task name: state names} of the flow runs' task runs, once the server has recorded them
+    all in a final state: it records task runs from the runs' events, a moment after the runs
+    end."""
+    deadline = time.monotonic() + 60
+    while True:
+        with get_client(sync_client=True) as client:
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id={"any_": flow_run_ids})
+            )
+        states = [t.state for t in task_runs]
+        if len(task_runs) >= expected and all(s is not None and s.is_final() for s in states):
+            break
+        assert time.monotonic() < deadline, [(t.name, t.state) for t in task_runs]
+        time.sleep(0.2)
+    by_task: dict[str, list[str]] = defaultdict(list)
+    for t in task_runs:
+        by_task[t.name.split("-lr")[0]].append(t.state.name)
+    return by_task
+
+
 def test_four_identical_runs_at_once_compute_everything_once(tmp_path, prefect_api: str) -> None:
     data_dir = tmp_path / "data"
     generate_name = f"generate-n{ROWS}-seed{SEED}"
@@ -55,13 +76,7 @@ def test_four_identical_runs_at_once_compute_everything_once(tmp_path, prefect_a
     assert all(r == results[0] for r in results[1:])  # same files, hashes and numbers
     assert trusted_but_wrong(data_dir) == []
 
-    with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id={"any_": [r["id"] for r in runs]})
-        )
-    by_task: dict[str, list[str]] = defaultdict(list)
-    for t in task_runs:
-        by_task[t.name.split("-lr")[0]].append(t.state.name)
+    by_task = _final_task_states([r["id"] for r in runs], expected=5 * RUNS)
     assert sorted(by_task.pop("publish-report")) == ["Completed"] * RUNS
     assert set(by_task) == {generate_name, "train-bgd", "train-sgd", "train-minibatch"}
     for name, states in by_task.items():
