@@ -148,7 +148,7 @@ def _compute(params: RunParams, conn: Connection) -> None:
 
     from tasks.dataset import Summary, describe, generate_chunks
     from tasks.reporting import build_figure, caption
-    from tasks.training import stream_visits, streams_rows, train, train_visits
+    from tasks.training import train_stored
 
     spec = params.data_spec()
     n = spec.n_samples
@@ -170,10 +170,7 @@ def _compute(params: RunParams, conn: Connection) -> None:
         def tick(epoch: int, loss: float, ticks: list[tuple[int, float]] = ticks) -> None:
             ticks.append((epoch, loss))
 
-        if streams_rows(n, method_spec):
-            history = train_visits(stream_visits(n, lambda: [(x, y)]), method_spec, stats, tick)
-        else:
-            history = train(x, y, method_spec, stats, tick)
+        history = train_stored(n, lambda: [(x, y)], lambda: (x, y), method_spec, stats, tick)
         conn.send(("history", key, Trained(history, ticks)))
         histories.append(history)
     preview_x, preview_y = summary.preview()

@@ -70,14 +70,17 @@ def streams(dataset: DatasetRef, spec: MethodSpec) -> bool:
 
 
 def _train(dataset: DatasetRef, spec: MethodSpec, progress: ProgressCallback | None) -> History:
-    from tasks.training import stream_visits, train, train_visits  # numba: only when training
+    from tasks.training import train_stored  # numba: only when training
 
-    if streams(dataset, spec):
-        read = partial(stream_columns, dataset.file, dataset.x_col, dataset.y_col)
-        visits = stream_visits(dataset.file.rows, read)
-        return train_visits(visits, spec, dataset.stats(), progress)
-    x, y = load_columns(dataset.file, dataset.x_col, dataset.y_col)
-    return train(x, y, spec, dataset.stats(), progress)
+    columns = (dataset.file, dataset.x_col, dataset.y_col)
+    return train_stored(
+        dataset.file.rows,
+        partial(stream_columns, *columns),
+        partial(load_columns, *columns),
+        spec,
+        dataset.stats(),
+        progress,
+    )
 
 
 def fit(

@@ -228,6 +228,22 @@ def train_visits(
     return _history(spec, trace, wall_time, stats, lam)
 
 
+def train_stored(
+    rows: int,
+    read: Callable[[], Iterable[Chunk]],
+    load: Callable[[], tuple[np.ndarray, np.ndarray]],
+    spec: MethodSpec,
+    stats: Moments,
+    progress: Progress | None = None,
+) -> History:
+    """Train on a stored data set of `rows` rows: streamed pass by pass through `read` where
+    streams_rows says so, else held in memory as `load` gives it."""
+    if streams_rows(rows, spec):
+        return train_visits(stream_visits(rows, read), spec, stats, progress)
+    x, y = load()
+    return train(x, y, spec, stats, progress)
+
+
 def in_order_batch_lambda(x: np.ndarray, y: np.ndarray, spec: MethodSpec) -> float:
     """The largest batch λmax over the batches of (x, y) in stored order."""
     warm_up(str(x.dtype))
