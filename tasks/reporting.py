@@ -526,26 +526,24 @@ def build_figure(
     return fig
 
 
-def _draw(fig: Figure, sinks: list[tuple[str, BinaryIO]]) -> None:
-    """Save the figure in each (format, file) in turn.
-
-    The layout computed for the first format stands for the others (a third less work).
-    """
-    engine = fig.get_layout_engine()
-    try:
-        for fmt, sink in sinks:
-            fig.savefig(sink, format=fmt, dpi=DPI)
-            fig.set_layout_engine("none")
-    finally:
-        fig.set_layout_engine(engine)
-
-
 def lay_out(fig: Figure) -> None:
-    """Compute the figure's layout once, now, and keep it for every later save."""
+    """Compute the figure's layout once, now, and keep it for every later save (a third less
+    work than laying it out again for each format)."""
     engine = fig.get_layout_engine()
     if engine is not None:
         engine.execute(fig)
     fig.set_layout_engine("none")
+
+
+def _draw(fig: Figure, sinks: list[tuple[str, BinaryIO]]) -> None:
+    """Save the figure in each (format, file) in turn, from one layout."""
+    engine = fig.get_layout_engine()
+    try:
+        lay_out(fig)
+        for fmt, sink in sinks:
+            fig.savefig(sink, format=fmt, dpi=DPI)
+    finally:
+        fig.set_layout_engine(engine)
 
 
 def figure_bytes(fig: Figure, fmt: str) -> bytes:
