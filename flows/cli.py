@@ -150,17 +150,15 @@ def _run(params: RunParams, as_json: bool, table: str | None) -> int:
 
     # First, while this process is alone and has not loaded Prefect: it forks. A refused run
     # ends it unused.
-    ahead.start(params)
+    computing_ahead = ahead.start(params)
     try:
         check_run(params)
-        return _run_flow(params, as_json, table)
+        return _run_flow(params, as_json, table, computing_ahead)
     finally:
         ahead.stop()
 
 
-def _run_flow(params: RunParams, as_json: bool, table: str | None) -> int:
-    from tasks import ahead
-
+def _run_flow(params: RunParams, as_json: bool, table: str | None, computing_ahead: bool) -> int:
     target = _server_mode()
     if not as_json:
         err.print(f"Running gd-comparison on {target} ...")
@@ -170,7 +168,7 @@ def _run_flow(params: RunParams, as_json: bool, table: str | None) -> int:
         from flows.comparison import gd_comparison, warm_up
 
         # While a temporary server boots, load what the run needs, unless a helper computes it.
-        if booting and not ahead.active():
+        if booting and not computing_ahead:
             with contextlib.suppress(Exception):  # only a head start: the run meets any problem
                 warm_up(params)
 
