@@ -347,10 +347,6 @@ def stop() -> None:
         _current = None
 
 
-def active() -> bool:
-    return _current is not None
-
-
 def trained(dataset: DatasetRef, spec: MethodSpec) -> Trained | None:
     """The history of `spec` on `dataset`, if the helper computed it from the same inputs."""
     if _current is None or dataset.file.rows > AHEAD_MAX_ROWS:
@@ -361,6 +357,17 @@ def trained(dataset: DatasetRef, spec: MethodSpec) -> Trained | None:
     return _current.take("history", history_key(x, y, dataset.stats(), spec))
 
 
-def drawn(key: str) -> tuple[bytes, bytes] | None:
-    """The figure (PNG, SVG) for figure inputs `key`, if the helper drew it."""
-    return None if _current is None else _current.take("figure", key)
+def drawn(
+    histories: list[History],
+    preview_x: np.ndarray,
+    preview_y: np.ndarray,
+    stats: Moments,
+    slope: float | None,
+    intercept: float | None,
+    caption: str,
+) -> tuple[bytes, bytes] | None:
+    """The figure (PNG, SVG) of these inputs (see figure_key), if the helper drew it."""
+    if _current is None:
+        return None
+    key = figure_key(histories, preview_x, preview_y, stats, slope, intercept, caption)
+    return _current.take("figure", key)

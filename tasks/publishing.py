@@ -74,13 +74,11 @@ def publish_report(
     inputs = stable_digest(dataset.file, [h.file for h in histories], text, _REPORTING_SOURCE)
     if not _figure_is_current(drawn, inputs, png, svg):
         preview = np.asarray(dataset.preview_x), np.asarray(dataset.preview_y)
-        figure = None
-        if ahead.active():
-            key = ahead.figure_key(loaded, *preview, dataset.stats(), slope, intercept, text)
-            figure = ahead.drawn(key)
-            if figure is not None:
-                get_run_logger().info("Figure drawn ahead, while the run started")
-        if figure is None:
+        figure = ahead.drawn(loaded, *preview, dataset.stats(), slope, intercept, text)
+        if figure is not None:
+            get_run_logger().info("Figure drawn ahead, while the run started")
+            save_figure_bytes(figure, png, svg)
+        else:
             drawing = build_figure(
                 loaded,
                 *preview,
@@ -90,8 +88,6 @@ def publish_report(
                 caption=text,
             )
             save_figure(drawing, png, svg)
-        else:
-            save_figure_bytes(figure, png, svg)
         write_bytes_atomic(drawn, inputs.encode())
     rows = results_rows(loaded, dataset.stats(), slope, intercept)
     create_markdown_artifact(
