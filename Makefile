@@ -15,6 +15,8 @@ test: $(STAMP)  ## run the test suite
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check flows tasks tests benchmarks
+	$(BIN)/lint-imports
 
 bench: $(STAMP)  ## training speed against the anchors (ARGS="--quick" for 10^6 rows only)
 	$(BIN)/python -c "import sklearn" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[bench]"
@@ -23,7 +25,7 @@ bench: $(STAMP)  ## training speed against the anchors (ARGS="--quick" for 10^6 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,dask]"
 	touch $(STAMP)
 
 clean-venv:

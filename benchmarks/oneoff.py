@@ -6,8 +6,9 @@ Runs alternate hello / gdflow so load on the machine hits both alike; prints med
 time and of CPU time (the process and everything it started, the temporary server included: a
 check that holds up on a busy machine) and their ratios gdflow / hello (target: at most 1.3) for
 
-    repeat  `gdflow run` again on the same data directory (data and training cached)
-    first   `gdflow run` on an empty data directory (everything computed)
+    repeat   `gdflow run` again on the same data directory (data and training cached)
+    changed  `gdflow run --sgd-lr X` on that directory, X new each time (SGD trains, figure redrawn)
+    first    `gdflow run` on an empty data directory (everything computed)
 
     python -m benchmarks.oneoff [--reps 5] [--modes temporary,server] [--root DIR]
 """
@@ -80,17 +81,19 @@ def measure(mode: str, reps: int, root: Path, base_env: dict[str, str]) -> Timin
         server, env["PREFECT_API_URL"] = start_server(env)
     hello = [sys.executable, "-c", HELLO]
 
-    def gdflow(data_dir: Path) -> list[str]:
-        return [sys.executable, "-m", "flows.cli", "run", "--data-dir", str(data_dir)]
+    def gdflow(data_dir: Path, *options: str) -> list[str]:
+        return [sys.executable, "-m", "flows.cli", "run", "--data-dir", str(data_dir), *options]
 
     warm = root / f"data-{mode}"
-    times: Timings = {"hello": [], "repeat": [], "first": []}
+    times: Timings = {"hello": [], "repeat": [], "changed": [], "first": []}
     try:
         timed(hello, env)  # warm-ups: a fresh Prefect home, first imports, the numba cache
         timed(gdflow(warm), env)
         for rep in range(reps):
             times["hello"].append(timed(hello, env))
             times["repeat"].append(timed(gdflow(warm), env))
+            step = f"{0.011 + rep / 10_000:g}"  # a step size no earlier run used
+            times["changed"].append(timed(gdflow(warm, "--sgd-lr", step), env))
             times["first"].append(timed(gdflow(root / f"fresh-{mode}-{rep}"), env))
             print(
                 f"  {mode} rep {rep + 1}/{reps}: "
@@ -121,7 +124,7 @@ def main() -> None:
     rows = []
     for mode in args.modes.split(","):
         times = measure(mode, args.reps, root, base_env)
-        for kind in ("repeat", "first"):
+        for kind in ("repeat", "changed", "first"):
             for column, label in ((0, "wall"), (1, "cpu")):
                 hello = statistics.median(t[column] for t in times["hello"])
                 run = statistics.median(t[column] for t in times[kind])

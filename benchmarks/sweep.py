@@ -24,12 +24,12 @@ from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
-
-from flows.sweep import run_sweep, task_runner
 from tasks.dataset import write_dataset
 from tasks.fitting import fit
-from tasks.params import SweepParams
 from tasks.sweeping import grid
+
+from flows.sweep import run_sweep, task_runner
+from tasks.params import SweepParams
 
 # 10 step sizes x 5 batch sizes x 4 seeds = 200 cells
 GRID: dict[str, Any] = {

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tasks.dataset import generate
+from tasks.data.synthetic import generate
 from tasks.params import DataSpec, Method, MethodSpec, RunParams
 from tasks.stats import Moments, moments
-from tasks.training import train
+from tasks.training.methods import train
 
 SIZES = (10_000, 1_000_000, 10_000_000)
 ANCHOR_ROWS = 10_000  # the per-point Python loops are timed on this many rows

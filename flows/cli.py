@@ -1,491 +1,376 @@
-"""The `gdflow` command line."""
+"""The `gdflow` command line: run, sweep, serve, server and cache.
+
+The options of `run`, `sweep` and `serve` are the fields of RunParams and SweepParams: cyclopts
+names them and writes their help and defaults from the models. A command receives only the
+options the user gave and validates them with its model, so a preset fills in every field that
+was not given. Prefect is imported inside the commands, after main() has set its environment
+defaults; a request refused for its options never waits for that import (2.5 s).
+"""
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import inspect
+import dataclasses
 import json
-import math
+import logging
 import os
 import sys
-import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar, get_origin
+from typing import Annotated, Any
 
-import typer
-from pydantic import BaseModel, ValidationError
+from cyclopts import App, CycloptsError, Parameter, UnusedCliTokensError
+from pydantic import PlainValidator
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from flows.cachecmd import cache
-from flows.preflight import BrokenEnvironment, check_run, explain_failure, quiet_known_tracebacks
-from tasks.params import InputError, RunParams, SweepParams
-
-try:  # recent typer releases carry their own copy of click
-    from typer._click import exceptions as click_exc
-except ImportError:  # pragma: no cover
-    from click import exceptions as click_exc  # type: ignore[no-redef]
-
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# A temporary server on a fresh Prefect home, on a busy machine, can take longer than 20 s.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
-Params = TypeVar("Params", bound=BaseModel)
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Gradient-descent experiments as a Prefect workflow.",
+from flows.cache_listing import Area, collect, format_age, format_size, parse_age, remove, summarize
+from flows.preflight import (
+    check_run,
+    check_sweep,
+    explain_failure,
+    params_from_options,
+    quiet_known_tracebacks,
 )
-err = Console(stderr=True)
-out = Console() if Console().is_terminal else Console(width=120)  # no squeezing when piped
+from tasks.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    BrokenEnvironment,
+    GdflowError,
+    InputError,
+)
+from tasks.params import RunParams, SweepParams
+from tasks.paths import resolve_data_dir
 
 
-class UserError(Exception):
-    """A mistake in what the user asked for: reported in one line, exit code 2."""
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options given, by field name, with the items of comma-separated lists split."""
+    return {
+        name: [item.strip() for v in value for item in str(v).split(",") if item.strip()]
+        if isinstance(value, list)
+        else value
+        for name, value in options.items()
+    }
 
 
-def option_name(field: str) -> str:
-    return "--" + field.replace("_", "-")
+# A model's fields as options. Cyclopts passes the options given to pydantic as a dict;
+# PlainValidator hands that dict to the command as it is, for the command's own validation.
+RunOptions = Annotated[RunParams, Parameter(name="*"), PlainValidator(_given)]
+SweepOptions = Annotated[SweepParams, Parameter(name="*"), PlainValidator(_given)]
 
 
-def _describe_error(exc: ValidationError, command: str = "run") -> str:
-    first = exc.errors()[0]
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if not first["loc"]:
-        return message
-    field = str(first["loc"][0])
-    got = first.get("input")
-    shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
-    return f"invalid {option_name(field)}: {message}{shown}; see `gdflow {command} --help`"
+def _flag(help: str, name: str | None = None) -> Parameter:
+    """An option that is on when given and off otherwise (no --no- form)."""
+    return Parameter(name=name, negative="", show_default=False, help=help)
 
 
-def parse_params(
-    values: dict[str, Any], model: type[Params] = RunParams, command: str = "run"
-) -> Params:
-    """The command's parameters from the options the user gave; defaults fill in the rest."""
-    try:
-        return model.model_validate(values)
-    except ValidationError as exc:
-        raise UserError(_describe_error(exc, command)) from None
+JsonFlag = Annotated[bool, _flag("Print one JSON object on stdout.", name="--json")]
+
+app = App(
+    name="gdflow",
+    help="Gradient-descent experiments as a Prefect workflow.",
+    version_flags=(),
+    default_parameter=Parameter(negative_iterable=()),  # --no-shuffle, but no --empty-methods
+    result_action="return_value",
+    suppress_keyboard_interrupt=False,
+)
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+def _stdout() -> Console:
+    return Console() if sys.stdout.isatty() else Console(width=120)  # no squeezing when piped
 
 
-def _print_summary(result: dict[str, Any], run_name: str, state: str) -> None:
-    table = Table(
-        title=f"gd-comparison · {run_name} · {state}", title_justify="left", box=box.SIMPLE_HEAD
-    )
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _error(message: str) -> None:
+    """The one line on stderr that every failure gdflow can explain is reported in."""
+    _note("gdflow: error: " + " ".join(message.splitlines()))
+
+
+def _finish(state: Any, what: str, as_json: bool, show: Callable[[Any, str], None]) -> int:
+    """Print a finished flow run's result (JSON, or `show(result, title)`); return the exit code.
+
+    A run that did not complete is one line saying why, in the JSON object under --json.
+    """
+    run = {"id": str(state.state_details.flow_run_id), "state": state.name}
+    if not state.is_completed():
+        error = explain_failure(state.result(raise_on_failure=False))
+        error = error or BrokenEnvironment(f"the {what} ended {state.name}: {state.message}")
+        if as_json:
+            print(json.dumps({"flow_run": run, "error": str(error)}))
+        else:
+            _error(str(error))
+        return error.exit_code
+    result = state.result()
+    name = result.flow_run_name
+    if as_json:
+        flow_run = {"id": run["id"], "name": name, "state": state.name}
+        # pydantic writes NaN and infinities as null: the output is strict JSON
+        fields = json.loads(result.model_dump_json(exclude={"flow_run_name"}))
+        print(json.dumps({"flow_run": flow_run, **fields}))
+    else:
+        show(result, f"{name} · {state.name}")
+    return 0
+
+
+def _print_run(result: Any, title: str, table_of: str | None) -> None:
+    table = Table(title=f"gd-comparison · {title}", title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("method", "step", "final loss", "w", "b", "updates", "time (s)", "status"):
-        table.add_column(
-            column, justify="left" if column in ("method", "status") else "right", no_wrap=True
-        )
-    for name, m in result["methods"].items():
-        status = "[red]diverged[/red]" if m["diverged"] else "[green]converged[/green]"
-        table.add_row(
-            name,
-            f"{m['lr']:g}",
-            f"{m['final_loss']:.4g}",
-            f"{m['final_w']:.4g}",
-            f"{m['final_b']:.4g}",
-            f"{m['updates']:,}",
-            f"{m['wall_time_s']:.3f}",
-            status,
-        )
+        justify = "left" if column in ("method", "status") else "right"
+        table.add_column(column, justify=justify, no_wrap=True)
+    for name, m in result.methods.items():
+        status = Text("diverged", "red") if m.diverged else Text("converged", "green")
+        fitted = (f"{v:.4g}" for v in (m.final_loss, m.final_w, m.final_b))
+        table.add_row(name, f"{m.lr:g}", *fitted, f"{m.updates:,}", f"{m.wall_time_s:.3f}", status)
+    out = _stdout()
     out.print(table)
-    for name, m in result["methods"].items():
-        if m["diverged"]:
-            out.print(f"[red]{name} diverged:[/red] {m['reason']}")
-    out.print(f"Figure: {result['figure']}")
+    for name, m in result.methods.items():
+        if m.diverged:
+            out.print(Text.assemble((f"{name} diverged:", "red"), f" {m.reason}"), soft_wrap=True)
+    out.print(Text(f"Figure: {result.figure}"), soft_wrap=True)
+    if table_of:
+        _print_tutorial_table(result.methods[table_of].history, table_of)
 
 
-def _print_tutorial_table(history_path: str, method: str) -> None:
+def _print_tutorial_table(history: str, method: str) -> None:
+    """A method's history as the tutorial prints it: epoch, loss at its start, w and b after."""
+    # pyarrow, loaded here: a request refused for its options never waits for it (0.3 s)
     from tasks.history import read_history
     from tasks.storage import read_manifest
 
-    record = read_manifest(Path(history_path))
+    record = read_manifest(Path(history))
     if record is None:
-        raise UserError(f"history of {method} is missing at {history_path}; re-run with --refresh")
+        raise BrokenEnvironment(f"the history of {method} is gone from {history}; run again")
     h = read_history(record)
     print(f"{method}: epoch, loss at its start, w and b at its end")
     for i in range(h.epochs):
         print(f"{i}, {float(h.loss[i])!r}, {float(h.w[i + 1])!r}, {float(h.b[i + 1])!r}")
 
 
-def _server_mode() -> str:
-    """Where flows will run: the configured Prefect server, or a temporary one."""
-    from flows.serving import describe_target
+@app.command
+def run(
+    *,
+    given: RunOptions | None = None,
+    as_json: JsonFlag = False,
+    table: Annotated[
+        str | None,
+        Parameter(metavar="METHOD", help="Also print METHOD's history as the tutorial's table."),
+    ] = None,
+) -> int:
+    """Run the comparison: generate data, train each method, publish the figure.
 
-    return describe_target()
-
-
-def _report_failure(state: Any, run_id: str, what: str, as_json: bool) -> int:
-    """Say in one line why a flow run did not complete; return the exit code."""
-    known = explain_failure(state.result(raise_on_failure=False))
-    code, message = known or (EXIT_FAILED, f"the {what} ended {state.name}: {state.message}")
-    if as_json:
-        print(json.dumps({"flow_run": {"id": run_id, "state": state.name}, "error": message}))
-    else:
-        err.print(f"gdflow: error: {message}", highlight=False, soft_wrap=True, markup=False)
-    return code
-
-
-def _run(params: RunParams, as_json: bool, table: str | None) -> int:
+    Lists are comma-separated: --methods bgd,sgd.
+    """
+    params = params_from_options(RunParams, given, "run")
     if table is not None and table not in {m.value for m in params.methods}:
-        raise UserError(f"--table {table}: that method is not being run; pick one of --methods")
-    from tasks import ahead
+        raise InputError(f"--table {table}: that method is not being run; pick one of --methods")
+    check_run(params)
+    from flows.comparison import gd_comparison
+    from flows.serving import check_server, describe_target
 
-    # First, while this process is alone and has not loaded Prefect: it forks. A refused run
-    # ends it unused.
-    computing_ahead = ahead.start(params)
-    try:
-        check_run(params)
-        return _run_flow(params, as_json, table, computing_ahead)
-    finally:
-        ahead.stop()
-
-
-def _run_flow(params: RunParams, as_json: bool, table: str | None, computing_ahead: bool) -> int:
-    target = _server_mode()
+    check_server()
     if not as_json:
-        err.print(f"Running gd-comparison on {target} ...")
-    from flows.serving import temporary_server_starting
-
-    with temporary_server_starting() as booting:
-        from flows.comparison import gd_comparison, warm_up
-
-        # While a temporary server boots, load what the run needs, unless a helper computes it.
-        if booting and not computing_ahead:
-            with contextlib.suppress(Exception):  # only a head start: the run meets any problem
-                warm_up(params)
-
+        _note(f"Running gd-comparison on {describe_target()} ...")
     quiet_known_tracebacks()
     state = gd_comparison(params=params, return_state=True)
-    run_id = str(state.state_details.flow_run_id)
-    if not state.is_completed():
-        return _report_failure(state, run_id, "run", as_json)
-    result = state.result()
-    run_name = _flow_run_name(run_id)
-    if as_json:
-        payload = {
-            "flow_run": {"id": run_id, "name": run_name, "state": state.name},
-            **result,
-            "methods": {
-                name: {"history": m["file"]["path"], **{k: v for k, v in m.items() if k != "file"}}
-                for name, m in result["methods"].items()
-            },
-        }
-        print(json.dumps(_finite(payload)))
-    else:
-        _print_summary(result, run_name, state.name)
-        if table:
-            _print_tutorial_table(result["methods"][table]["file"]["path"], table)
-    return 0
-
-
-def _flow_run_name(run_id: str) -> str:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        return client.read_flow_run(run_id).name
-
-
-def _field_option(name: str, model: type[BaseModel] = RunParams) -> inspect.Parameter:
-    field = model.model_fields[name]
-    default = field.get_default(call_default_factory=True)
-    if isinstance(default, list):
-        default = ",".join(getattr(v, "value", str(v)) for v in default)
-    listed = get_origin(field.annotation) is list
-    help_text = f"{field.description}{' Comma-separated' if listed else ''} (default: {default})"
-    annotation: Any
-    if listed:
-        annotation = str | None
-    elif field.annotation is bool:
-        annotation = bool | None
-    elif field.annotation in (int, float):
-        annotation = field.annotation | None
-    else:
-        annotation = str | None
-    flag = option_name(name)
-    decls = [f"{flag}/--no-{flag[2:]}"] if field.annotation is bool else [flag]
-    return inspect.Parameter(
-        name,
-        inspect.Parameter.KEYWORD_ONLY,
-        default=typer.Option(None, *decls, help=help_text, show_default=False),
-        annotation=annotation,
-    )
-
-
-def _given(options: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
-    """The field options the user gave, comma-separated lists split."""
-    values = {k: v for k, v in options.items() if v is not None}
-    for name, field in model.model_fields.items():
-        if name in values and get_origin(field.annotation) is list:
-            values[name] = [item.strip() for item in values[name].split(",") if item.strip()]
-    return values
-
-
-def run(**options: Any) -> None:
-    """Run the comparison: generate data, train each method, publish the figure."""
-    as_json = options.pop("json_output")
-    table = options.pop("table")
-    raise typer.Exit(_run(parse_params(_given(options, RunParams)), as_json, table))
-
-
-def _option(name: str, annotation: Any, option: Any) -> inspect.Parameter:
-    """A keyword-only command parameter whose default is a hand-made typer.Option."""
-    return inspect.Parameter(
-        name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option
-    )
-
-
-_JSON_OPTION = _option(
-    "json_output",
-    bool,
-    typer.Option(False, "--json", help="Print one JSON object on stdout."),
-)
-run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [_field_option(name) for name in RunParams.model_fields]
-    + [
-        _JSON_OPTION,
-        _option(
-            "table",
-            str | None,
-            typer.Option(
-                None,
-                "--table",
-                metavar="METHOD",
-                help="Also print METHOD's history as the tutorial's table.",
-            ),
-        ),
-    ]
-)
-app.command("run")(run)
-app.command("cache")(cache)
-
-
-def serve(**options: Any) -> None:
-    """Serve the comparison on a schedule from this machine (needs a running server)."""
-    from flows.serving import serve_comparison
-
-    schedule = {k: options.pop(k) for k in ("cron", "interval", "name")}
-    given = _given(options, RunParams)
-    serve_comparison(parse_params(given, command="serve"), given, **schedule)
-
-
-serve.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [_field_option(name) for name in RunParams.model_fields]
-    + [
-        _option(
-            "cron",
-            str | None,
-            typer.Option(
-                None, "--cron", help="Cron schedule in UTC, e.g. '0 2 * * *' (02:00 nightly)."
-            ),
-        ),
-        _option(
-            "interval",
-            float | None,
-            typer.Option(None, "--interval", help="Run every this many seconds."),
-        ),
-        _option(
-            "name",
-            str,
-            typer.Option("gdflow-serve", "--name", help="Name of the deployment."),
-        ),
-    ]
-)
-app.command("serve")(serve)
-
-
-@app.command("server")
-def server(
-    port: int = typer.Option(4200, "--port", help="Port of the API and UI."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-) -> None:
-    """Start a local Prefect server (analytics off) and print its UI address."""
-    from flows.serving import run_server
-
-    raise typer.Exit(run_server(host, port))
+    return _finish(state, "run", as_json, lambda result, title: _print_run(result, title, table))
 
 
 def _runs(count: int) -> str:
     return f"{count} run" if count == 1 else f"{count} runs"
 
 
-def _print_sweep(result: dict[str, Any], run_name: str, state: str) -> None:
+def _print_sweep(result: Any, title: str) -> None:
     table = Table(
-        title=f"gd-sweep · {run_name} · {state} · best step size per batch size",
+        title=f"gd-sweep · {title} · best step size per batch size",
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
     columns = ("batch", "method", "best step", "loss − floor", "epochs to target", "bound")
     for column in (*columns, "diverged at"):
         table.add_column(column, justify="left" if column == "method" else "right")
-    for b in result["best"]:
+    for b in result.best:
         found = b["best_lr"] is not None
         table.add_row(
             f"{b['batch_size']:,}",
             b["method"],
-            f"{b['best_lr']:g}" if found else "[red]all diverged[/red]",
+            f"{b['best_lr']:g}" if found else Text("all diverged", "red"),
             f"{b['excess_loss']:.3g}" if found else "",
             "not reached" if b["epochs_to_target"] is None else f"{b['epochs_to_target']:g}",
             f"{b['stability_bound']:.3g}",
             ", ".join(f"{lr:g}" for lr in b["diverged_lrs"]) or "none",
         )
+    out = _stdout()
     out.print(table)
-    out.print(
-        f"{_runs(result['cells'])} ({result['cached']} from the cache), "
-        f"{result['diverged']} diverged"
-    )
-    out.print(f"Figure: {result['figure']}")
-    out.print(f"All histories: {result['histories']}")
+    cached = f"{_runs(result.cells)} ({result.cached} from the cache), {result.diverged} diverged"
+    for line in (cached, f"Figure: {result.figure}", f"All histories: {result.histories}"):
+        out.print(Text(line), soft_wrap=True)
 
 
-def _sweep(params: SweepParams, runner: Any, workers: str, as_json: bool) -> int:
-    from flows.sweep import run_sweep
+@app.command
+def sweep(
+    *,
+    given: SweepOptions | None = None,
+    as_json: JsonFlag = False,
+    dask: Annotated[bool, _flag("Run the cells on a new local Dask cluster of processes.")] = False,
+    dask_workers: Annotated[
+        int | None,
+        Parameter(
+            metavar="N",
+            help="Worker processes of the local cluster of --dask (default: one per core).",
+        ),
+    ] = None,
+    dask_address: Annotated[
+        str | None,
+        Parameter(
+            metavar="tcp://HOST:PORT",
+            help="Run the cells on the existing Dask cluster whose scheduler is there.",
+        ),
+    ] = None,
+) -> int:
+    """Sweep step size x batch size x seed: train every cell, publish where each converges.
 
-    target = _server_mode()
+    Lists are comma-separated: --lrs 0.01,0.02 --batch-sizes 1,10,n --seeds 0,1.
+    """
+    params = params_from_options(SweepParams, given, "sweep")
+    from flows.serving import check_server, describe_target
+    from flows.sweep import run_sweep, task_runner
+
+    runner = task_runner(dask, dask_address, dask_workers)
+    check_sweep(params)
+    check_server()
     if not as_json:
-        cells = len(params.lrs) * len(params.batch_sizes) * len(params.seeds)
-        err.print(f"Running gd-sweep ({_runs(cells)} on {workers}) on {target} ...")
+        where = "a new local Dask cluster" if dask else "threads of this process"
+        where = f"the Dask cluster at {dask_address}" if dask_address else where
+        cells = _runs(len(params.cells()))
+        _note(f"Running gd-sweep ({cells} on {where}) on {describe_target()} ...")
     quiet_known_tracebacks()
-    state = run_sweep(params, runner)
-    run_id = str(state.state_details.flow_run_id)
-    if not state.is_completed():
-        return _report_failure(state, run_id, "sweep", as_json)
-    result = state.result()
-    run_name = _flow_run_name(run_id)
-    if as_json:
-        flow = {"id": run_id, "name": run_name, "state": state.name}
-        print(json.dumps(_finite({"flow_run": flow, **result})))
-    else:
-        _print_sweep(result, run_name, state.name)
+    return _finish(run_sweep(params, runner), "sweep", as_json, _print_sweep)
+
+
+@app.command
+def serve(
+    *,
+    given: RunOptions | None = None,
+    cron: Annotated[
+        str | None, Parameter(help="Cron schedule in UTC, e.g. '0 2 * * *' (02:00 nightly).")
+    ] = None,
+    interval: Annotated[float | None, Parameter(help="Run every this many seconds.")] = None,
+    name: Annotated[str, Parameter(help="Name of the deployment.")] = "gdflow-serve",
+) -> int:
+    """Serve the comparison on a schedule from this machine (needs a running server).
+
+    The deployment holds only the options given; the preset and defaults fill in the rest.
+    """
+    params = params_from_options(RunParams, given, "serve")
+    from flows.serving import serve_comparison
+
+    serve_comparison(params, given or {}, name=name, cron=cron, interval=interval)
     return 0
 
 
-def sweep(**options: Any) -> None:
-    """Sweep step size x batch size x seed: train every cell, publish where each converges."""
-    as_json = options.pop("json_output")
-    dask, address = options.pop("dask"), options.pop("dask_address")
-    workers = options.pop("workers")
-    params = parse_params(_given(options, SweepParams), SweepParams, "sweep")
-    from flows.sweep import task_runner
+@app.command
+def server(
+    *,
+    port: Annotated[int, Parameter(help="Port of the API and UI.")] = 4200,
+    host: Annotated[str, Parameter(help="Address to listen on.")] = "127.0.0.1",
+) -> int:
+    """Start a local Prefect server (analytics off) and print its UI address."""
+    from flows.serving import run_server
 
+    return run_server(host, port)
+
+
+def _print_cache(title: str, areas: dict[str, Area]) -> None:
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("area", "entries", "size", "oldest"):
+        table.add_column(column, justify="left" if column == "area" else "right")
+    for name, a in areas.items():
+        table.add_row(name, f"{a.entries:,}", format_size(a.bytes), format_age(a.oldest_s))
+    total = sum(a.bytes for a in areas.values())
+    table.add_row("total", f"{sum(a.entries for a in areas.values()):,}", format_size(total), "")
+    out = _stdout()
+    out.print(Text(title), soft_wrap=True)  # a long data directory stays on one line
+    out.print(table)
+
+
+@app.command
+def cache(
+    *,
+    data_dir: Annotated[
+        str | None, Parameter(help=RunParams.model_fields["data_dir"].description)
+    ] = None,
+    clear: Annotated[bool, _flag("Remove the entries (all, or those --older-than AGE).")] = False,
+    older_than: Annotated[
+        str | None, Parameter(metavar="AGE", help="Only entries last written AGE ago, e.g. 7d.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> int:
+    """Show what the cache holds (entries, size, age per area); --clear removes entries."""
+    min_age = parse_age(older_than) if older_than is not None else 0.0
+    root = resolve_data_dir(data_dir)
+    now = time.time()
+    chosen = [e for e in collect(root) if now - e.mtime >= min_age]
+    if clear:
+        for entry in chosen:
+            remove(entry)
+    areas = summarize(chosen, now)
+    if as_json:
+        listed = {name: dataclasses.asdict(a) for name, a in areas.items()}
+        print(json.dumps({"data_dir": str(root), "removed" if clear else "entries": listed}))
+        return 0
+    scope = f" older than {older_than}" if older_than else ""
+    title = f"{'Removed from' if clear else 'Cached in'} {root}{scope}"
+    if not chosen:
+        print(f"{title}: nothing")
+    else:
+        _print_cache(title, areas)
+    return 0
+
+
+def describe_usage_error(exc: CycloptsError) -> str:
+    """One line for a command line cyclopts could not parse, pointing to the command's help."""
+    if isinstance(exc, UnusedCliTokensError) and exc.unused_tokens:
+        unexpected = " ".join(exc.unused_tokens)
+        message = (
+            f"unexpected {unexpected!r}: an option takes one value (lists: a,b,c), a flag none"
+        )
+    else:
+        message = " ".join(str(exc).split()).rstrip(".")
+    command = " ".join(["gdflow", *(exc.command_chain or [])])
+    return f"{message[:1].lower()}{message[1:]}; see `{command} --help`"
+
+
+def run_command(tokens: list[str]) -> int:
+    """Run the gdflow command `tokens`; every failure gdflow can explain is one line on stderr."""
     try:
-        runner = task_runner(dask, address, workers)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    where = (
-        f"the Dask cluster at {address}"
-        if address
-        else "a new local Dask cluster"
-        if dask
-        else "threads of this process"
-    )
-    raise typer.Exit(_sweep(params, runner, where, as_json))
-
-
-sweep.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-    [_field_option(name, SweepParams) for name in SweepParams.model_fields]
-    + [
-        _JSON_OPTION,
-        _option(
-            "dask",
-            bool,
-            typer.Option(
-                False, "--dask", help="Run the cells on a new local Dask cluster of processes."
-            ),
-        ),
-        _option(
-            "workers",
-            int | None,
-            typer.Option(
-                None,
-                "--dask-workers",
-                metavar="N",
-                help="Worker processes of the local cluster of --dask (default: one per core).",
-                show_default=False,
-            ),
-        ),
-        _option(
-            "dask_address",
-            str | None,
-            typer.Option(
-                None,
-                "--dask-address",
-                metavar="tcp://HOST:PORT",
-                help="Run the cells on the existing Dask cluster whose scheduler is there.",
-            ),
-        ),
-    ]
-)
-app.command("sweep")(sweep)
-
-
-@app.callback()
-def _root() -> None:
-    """Gradient-descent experiments as a Prefect workflow."""
+        code = app(tokens, exit_on_error=False, print_error=False)
+    except CycloptsError as exc:
+        _error(describe_usage_error(exc))
+        return EXIT_BAD_INPUT
+    except GdflowError as exc:
+        _error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        # Task threads finish the work they were given before the process can exit; what they
+        # log then is about a run that is over (and the log service has stopped): drop it.
+        logging.disable(logging.CRITICAL)
+        _note("gdflow: interrupted")
+        return EXIT_INTERRUPTED
+    return code if isinstance(code, int) else 0
 
 
 def main() -> None:
-    """Entry point: one-line errors and exit code 2 for user mistakes, no tracebacks.
-
-    Ends the process (see exit_without_teardown): call it as a program, not as a function.
-    """
-    command = typer.main.get_command(app)
-    try:
-        code = command.main(args=sys.argv[1:], prog_name="gdflow", standalone_mode=False)
-    except click_exc.NoArgsIsHelpError:
-        code = 0
-    except click_exc.UsageError as exc:
-        hint = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else ""
-        err.print(f"gdflow: error: {exc.format_message()}{hint}", highlight=False, soft_wrap=True)
-        code = EXIT_BAD_INPUT
-    except (UserError, InputError) as exc:
-        err.print(f"gdflow: error: {exc}", highlight=False, soft_wrap=True, markup=False)
-        code = EXIT_BAD_INPUT
-    except BrokenEnvironment as exc:
-        err.print(f"gdflow: error: {exc}", highlight=False, soft_wrap=True, markup=False)
-        code = EXIT_FAILED
-    except typer.Exit as exc:
-        code = exc.exit_code
-    except typer.Abort:
-        err.print("gdflow: aborted")
-        code = 130
-    exit_without_teardown(code or 0)
-
-
-def exit_without_teardown(code: int) -> NoReturn:
-    """Exit as the interpreter would, except for its final teardown of modules and objects.
-
-    Non-daemon threads are joined and threading's exit hooks run (Prefect sends its last logs
-    and events there), then the atexit handlers (logging, Prefect stopping a temporary server),
-    and the output is flushed. Only the teardown of torch, numba and Prefect is skipped: about
-    a second after a first run, with nothing left for it to write.
-    """
-    shutdown = getattr(threading, "_shutdown", None)
-    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
-    if shutdown is None or run_exitfuncs is None:  # another interpreter: exit the usual way
-        sys.exit(code)
-    shutdown()
-    run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    """The `gdflow` program."""
+    # Prefect reads these when it is first imported, which the commands do.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # A temporary server on a fresh Prefect home, on a busy machine, can take longer than 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    sys.exit(run_command(sys.argv[1:]))
 
 
 if __name__ == "__main__":

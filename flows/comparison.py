@@ -1,24 +1,42 @@
-"""The comparison flow: data -> one training task per method -> figure and artifacts."""
+"""The comparison flow: the data, one training per method, then the figure and artifacts."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from prefect import State, flow, get_run_logger
+from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
+from pydantic import BaseModel
 
-from flows.common import cached
-from tasks.datafile import stat_source
-from tasks.dataset import DatasetRef, chunk_sizes
-from tasks.fitting import history_path, train_method
-from tasks.generation import generate_dataset
-from tasks.normal import uses_torch
+from tasks.cache import in_data_dir
+from tasks.data.dataset import DatasetRef
+from tasks.data.userfile import stat_source
+from tasks.history import MethodResult
 from tasks.params import RunParams
-from tasks.paths import dataset_path, resolve_data_dir
-from tasks.publishing import publish_report
-from tasks.userdata import load_user_data, user_dataset_path
+from tasks.paths import resolve_data_dir
+from tasks.steps import generate_dataset, load_user_data, publish_report, train_method
+
+
+class DatasetInfo(BaseModel):
+    """The data set a run trained on."""
+
+    path: str
+    sha256: str
+    rows: int
+    source: str
+
+
+class RunResult(BaseModel):
+    """What a comparison run returns: its data set, each method's result, its report files."""
+
+    flow_run_name: str
+    dataset: DatasetInfo
+    methods: dict[str, MethodResult]
+    figure: str
+    figure_svg: str
+    summary: str
+    data_dir: str
 
 
 def _run_name() -> str:
@@ -30,27 +48,6 @@ def _run_name() -> str:
     return f"{params.preset}-{data}-e{params.epochs}-{methods}"
 
 
-def warm_up(params: RunParams) -> None:
-    """Load what a run of `params` will need, ahead of it: the numba kernels, matplotlib, and
-    torch when the synthetic data set is not on disk yet and its generation needs torch.
-
-    Meant for time the process would otherwise spend waiting (a temporary server booting in
-    its own process); loading takes the same time later if it is skipped.
-    """
-    from tasks import kernels
-    from tasks.reporting import load_matplotlib
-
-    spec = params.data_spec()
-    if (
-        not params.data
-        and not dataset_path(resolve_data_dir(params.data_dir), spec).exists()
-        and uses_torch(chunk_sizes(spec))
-    ):
-        import torch  # noqa: F401  (generation needs it)
-    kernels.warm_up(params.dtype)
-    load_matplotlib()
-
-
 def _tag_run(tag: str) -> None:
     """Add `tag` to this flow run, however it was started (CLI, deployment, schedule)."""
     if tag not in flow_run.tags:
@@ -58,59 +55,55 @@ def _tag_run(tag: str) -> None:
             client.update_flow_run(flow_run.id, tags=[*flow_run.tags, tag])
 
 
-def _dataset(params: RunParams, data_dir: Path) -> State[DatasetRef]:
+def prepare_data(params: RunParams, data_dir: Path) -> DatasetRef:
     """The user's file copied in (params.data), else the synthetic data set; cached."""
     if params.data:
+        load = in_data_dir(load_user_data, data_dir, params.refresh)
         source = stat_source(params.data)
-        stored = user_dataset_path(data_dir, source, params.x_col, params.y_col)
-        load = cached(load_user_data, data_dir, stored, params.refresh)
-        return load(source, params.x_col, params.y_col, str(data_dir), return_state=True)
-    spec = params.data_spec()
-    generate = cached(generate_dataset, data_dir, dataset_path(data_dir, spec), params.refresh)
-    return generate(spec, str(data_dir), return_state=True)
-
-
-@flow(name="gd-comparison", flow_run_name=_run_name, persist_result=False)
-def gd_comparison(params: RunParams | None = None) -> dict[str, Any]:
-    """Compare batch, stochastic and mini-batch gradient descent on one data set."""
-    params = params or RunParams()
-    logger = get_run_logger()
-    data_dir = resolve_data_dir(params.data_dir)
-
-    _tag_run(f"preset:{params.preset}")
-
-    state = _dataset(params, data_dir)
+        state = load(source, params.x_col, params.y_col, str(data_dir), return_state=True)
+    else:
+        generate = in_data_dir(generate_dataset, data_dir, params.refresh)
+        state = generate(params.data_spec(), str(data_dir), return_state=True)
     dataset = state.result()
     origin = "cached" if state.name == "Cached" else "copied in" if params.data else "generated"
-    logger.info(
+    get_run_logger().info(
         "Dataset: %s rows, sha256 %s, %s (%s)",
         f"{dataset.file.rows:,}",
         dataset.file.sha256[:12],
         origin,
         dataset.source,
     )
+    return dataset
 
-    futures = []
-    for method in params.methods:
-        method_spec = params.method_spec(method, dataset.file.rows)
-        output = history_path(data_dir, dataset, method_spec)
-        trainer = cached(train_method, data_dir, output, params.refresh).with_options(
-            task_run_name=f"train-{method.value}-lr{method_spec.lr:g}"
-        )
-        futures.append(trainer.submit(dataset, method_spec, str(data_dir)))
-    histories = [f.result() for f in futures]
 
-    report = publish_report(dataset, histories, params, str(data_dir))
-    return {
-        "dataset": {
-            "path": dataset.file.path,
-            "sha256": dataset.file.sha256,
-            "rows": dataset.file.rows,
-            "source": dataset.source,
-        },
-        "methods": {h.method: h.model_dump(mode="json") for h in histories},
-        "figure": report.figure,
-        "figure_svg": report.figure_svg,
-        "summary": report.summary,
-        "data_dir": str(data_dir),
-    }
+@flow(name="gd-comparison", flow_run_name=_run_name, persist_result=False)
+def gd_comparison(params: RunParams | None = None) -> RunResult:
+    """Compare batch, stochastic and mini-batch gradient descent on one data set."""
+    params = params or RunParams()
+    data_dir = resolve_data_dir(params.data_dir)
+    _tag_run(f"preset:{params.preset}")
+
+    # 1. the data: generated, or the user's file copied in
+    dataset = prepare_data(params, data_dir)
+    # 2. one training per method, concurrently
+    train = in_data_dir(train_method, data_dir, params.refresh)
+    specs = [params.method_spec(method, dataset.file.rows) for method in params.methods]
+    runs = [train.submit(dataset, spec, str(data_dir)) for spec in specs]
+    results = [run.result() for run in runs]
+    # 3. the figure, tables and artifacts
+    report = publish_report(dataset, results, params, str(data_dir))
+
+    return RunResult(
+        flow_run_name=flow_run.name,
+        dataset=DatasetInfo(
+            path=dataset.file.path,
+            sha256=dataset.file.sha256,
+            rows=dataset.file.rows,
+            source=dataset.source,
+        ),
+        methods={r.method: r for r in results},
+        figure=report.figure,
+        figure_svg=report.figure_svg,
+        summary=report.summary,
+        data_dir=str(data_dir),
+    )

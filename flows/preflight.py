@@ -1,4 +1,5 @@
-"""Checks made before a run starts, and one line on a run that failed for a known reason."""
+"""Checks made before a run or sweep starts (its options, data file, data directory and device),
+and one line for a run that failed for a known reason."""
 
 from __future__ import annotations
 
@@ -7,41 +8,85 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, TypeVar
 
-from tasks.params import InputError, RunParams
-from tasks.paths import resolve_data_dir
+from pydantic import BaseModel, ValidationError
+
+from tasks.errors import BrokenEnvironment, GdflowError, InputError
+from tasks.params import DataSpec, RunParams, SweepParams
+from tasks.paths import dataset_path, resolve_data_dir
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NO_WRITE = {errno.EACCES, errno.EPERM, errno.EROFS}
 _REPORT_BYTES = 4 << 20  # figures, summary and cache records of one run, generously
-_HISTORY_ROW_BYTES = 40
+_HISTORY_ROW_BYTES = 40  # one epoch of a history: epoch, loss, w, b, updates
+_DATA_ROW_BYTES = 8  # one point of a data set: float32 x and y
+Params = TypeVar("Params", bound=BaseModel)
 
 
-class BrokenEnvironment(RuntimeError):
-    """The machine, not the request, is at fault: reported in one line, exit code 1."""
+def describe_error(exc: ValidationError, command: str) -> str:
+    """One line for the first thing pydantic refused, naming the option and the fix."""
+    first = exc.errors()[0]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    see = f"see `gdflow {command} --help`"
+    if not first["loc"]:  # a check across fields: its message names them
+        return message if "; " in message else f"{message}; {see}"
+    got = first.get("input")
+    shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+    option = "--" + str(first["loc"][0]).replace("_", "-")
+    return f"invalid {option}: {message}{shown}; {see}"
+
+
+def params_from_options(model: type[Params], given: dict[str, Any] | None, command: str) -> Params:
+    """The parameters of `gdflow COMMAND` from the options the user gave (a dict by field name):
+    presets and defaults fill in the rest. An option refused is an InputError naming it."""
+    try:
+        return model.model_validate(given or {})
+    except ValidationError as exc:
+        raise InputError(describe_error(exc, command)) from None
 
 
 def check_run(params: RunParams) -> None:
-    """Refuse, before any work, a run whose data, data directory or server cannot serve it."""
+    """Refuse, before any work, a run whose data file, data directory or device cannot serve it."""
     data_dir = resolve_data_dir(params.data_dir)
-    new_rows = _check_data(params) if params.data else _rows_to_generate(params, data_dir)
-    check_data_dir(data_dir, new_rows * 8 + _history_bytes(params) + _REPORT_BYTES)
-    check_server()
+    new_rows = _check_data_file(params) if params.data else _rows_to_draw(params, data_dir)
+    history_rows = len(params.methods) * (params.epochs + 1)
+    check_data_dir(
+        data_dir,
+        new_rows * _DATA_ROW_BYTES + history_rows * _HISTORY_ROW_BYTES + _REPORT_BYTES,
+    )
+    _check_device(params.device)
 
 
-# Imports inside the checks below: a request refused earlier never waits for torch or pyarrow.
+def check_sweep(params: SweepParams) -> None:
+    """Refuse, before any work, a sweep whose data directory or device cannot serve it."""
+    data_dir = resolve_data_dir(params.data_dir)
+    missing = [s for s in params.seeds if not _on_disk(data_dir, params.data_spec(s))]
+    # every cell's history, and again in the sweep's combined histories file
+    history_rows = 2 * len(params.cells()) * (params.epochs + 1)
+    check_data_dir(
+        data_dir,
+        len(missing) * params.n_samples * _DATA_ROW_BYTES
+        + history_rows * _HISTORY_ROW_BYTES
+        + _REPORT_BYTES,
+    )
+    _check_device(params.device)
 
 
-def _rows_to_generate(params: RunParams, data_dir: Path) -> int:
-    from tasks.paths import dataset_path
+def _on_disk(data_dir: Path, spec: DataSpec) -> bool:
+    # pyarrow, loaded here: a request refused for its options never waits for it (0.3 s)
     from tasks.storage import is_intact
 
-    return 0 if is_intact(dataset_path(data_dir, params.data_spec())) else params.n_samples
+    return is_intact(dataset_path(data_dir, spec))
 
 
-def _check_data(params: RunParams) -> int:
+def _rows_to_draw(params: RunParams, data_dir: Path) -> int:
+    return 0 if _on_disk(data_dir, params.data_spec()) else params.n_samples
+
+
+def _check_data_file(params: RunParams) -> int:
     """The user's file: its footer, the batch size against its rows, then every value."""
-    from tasks.datafile import check_values, inspect_source
+    from tasks.data.userfile import check_values, inspect_source  # pyarrow, as in _on_disk
 
     assert params.data is not None
     found = inspect_source(params.data, params.x_col, params.y_col)
@@ -50,8 +95,12 @@ def _check_data(params: RunParams) -> int:
     return found.rows
 
 
-def _history_bytes(params: RunParams) -> int:
-    return len(params.methods) * (params.epochs + 1) * _HISTORY_ROW_BYTES
+def _check_device(device: str) -> None:
+    if device == "cuda":
+        # torch, loaded only to ask it for a GPU: 1-2 s that a CPU run never pays
+        from tasks.training.reference import check_device
+
+        check_device(device)
 
 
 def check_data_dir(data_dir: Path, needed: int) -> None:
@@ -71,40 +120,28 @@ def check_data_dir(data_dir: Path, needed: int) -> None:
     free = shutil.disk_usage(data_dir).free
     if free < needed:
         raise BrokenEnvironment(
-            f"not enough free space in {data_dir}: this run needs about {_mb(needed)}, "
-            f"{_mb(free)} is free; free some space or choose another --data-dir"
+            f"not enough free space in {data_dir}: this run needs about {_mib(needed)}, "
+            f"{_mib(free)} is free; free some space or choose another --data-dir"
         )
 
 
-def _mb(size: int) -> str:
+def _mib(size: int) -> str:
     return f"{size / 2**20:,.1f} MiB"
 
 
-def check_server() -> None:
-    """Refuse to start when PREFECT_API_URL names a server that does not answer."""
-    from flows.serving import api_is_up, configured_api
-
-    api = configured_api()
-    if api and not api_is_up(api):
-        raise BrokenEnvironment(
-            f"no Prefect server answers at PREFECT_API_URL={api}; start one with `gdflow server`, "
-            "or unset PREFECT_API_URL to run on a temporary local server"
-        )
-
-
-def explain_failure(exc: BaseException | None) -> tuple[int, str] | None:
-    """Exit code and one line for a failure caused by the input or the machine, else None."""
-    if isinstance(exc, InputError):
-        return 2, str(exc)
+def explain_failure(exc: BaseException | None) -> GdflowError | None:
+    """The one-line error a run failed with, when the input or the machine caused it, else None."""
+    if isinstance(exc, GdflowError):
+        return exc
     if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
         where = f" while writing {exc.filename}" if exc.filename else ""
-        return 1, (
+        return BrokenEnvironment(
             f"the disk is full or a file-size limit was reached{where} ({exc.strerror}); "
             "free some space or choose another --data-dir"
         )
     if isinstance(exc, OSError) and exc.errno in _NO_WRITE:
         where = f" {exc.filename}" if exc.filename else ""
-        return 1, (
+        return BrokenEnvironment(
             f"cannot write{where} ({exc.strerror}); fix the permissions of the data directory "
             "or choose another with --data-dir"
         )
@@ -131,14 +168,13 @@ class _WithoutKnownTracebacks(logging.Formatter):
 
 
 def quiet_known_tracebacks() -> None:
-    """Keep tracebacks of input and environment failures off the console (the API keeps them)."""
-    from prefect.logging.handlers import PrefectConsoleHandler
-
+    """Keep tracebacks of input and environment failures off the console; the one-line error
+    says what they mean. Handlers that are not streams (Prefect's API log) keep them."""
     loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
     for logger in loggers:
         for handler in getattr(logger, "handlers", []):
             inner = handler.formatter or logging.Formatter()
-            if isinstance(handler, PrefectConsoleHandler) and not isinstance(
+            if isinstance(handler, logging.StreamHandler) and not isinstance(
                 inner, _WithoutKnownTracebacks
             ):
                 handler.setFormatter(_WithoutKnownTracebacks(inner))

@@ -1,4 +1,5 @@
-"""Which Prefect server a command talks to; serving the flow on a schedule; a local server."""
+"""Prefect servers: which one a command talks to, starting a local one, and serving the
+comparison on a schedule."""
 
 from __future__ import annotations
 
@@ -8,25 +9,35 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
-from flows.preflight import BrokenEnvironment, check_server
-from tasks.params import InputError, RunParams
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.deployments.runner import EntrypointType
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import get_current_settings
+from prefect.workers.process import ProcessWorker
+from pydantic import ValidationError
+
+from flows.comparison import gd_comparison
+from tasks.errors import BrokenEnvironment, InputError
+from tasks.params import RunParams
 from tasks.paths import resolve_data_dir
 
 WORK_POOL = "gdflow"  # the process work pool of prefect.yaml's deployments
 SERVER_START_TIMEOUT_S = 120.0
+SERVER_STOP_TIMEOUT_S = 20.0
+LOOPBACK = "127.0.0.1"
 
 
 def configured_api() -> str | None:
     """The Prefect API URL from the environment or the active profile; None means temporary."""
-    from prefect.settings import get_current_settings
-
     return get_current_settings().api.url
 
 
@@ -37,6 +48,16 @@ def api_is_up(api_url: str, timeout: float = 2.0) -> bool:
             return reply.status == 200
     except (OSError, ValueError):
         return False
+
+
+def check_server() -> None:
+    """Refuse to start when PREFECT_API_URL names a server that does not answer."""
+    api = configured_api()
+    if api and not api_is_up(api):
+        raise BrokenEnvironment(
+            f"no Prefect server answers at PREFECT_API_URL={api}; start one with `gdflow server`, "
+            "or unset PREFECT_API_URL to run on a temporary local server"
+        )
 
 
 def require_api(command: str) -> str:
@@ -59,44 +80,14 @@ def describe_target() -> str:
     return f"the Prefect server at {api}"
 
 
-@contextlib.contextmanager
-def temporary_server_starting() -> Iterator[bool]:
-    """With no server configured, boot Prefect's temporary server while the body runs.
-
-    The server boots in its own process, so the body (the flow's imports, say) overlaps it;
-    on exit the server is up and a flow run uses it, as it would have started it anyway.
-    Yields whether a server is booting.
-    """
-    from prefect.settings import get_current_settings
-
-    settings = get_current_settings()
-    if settings.api.url or not settings.server.ephemeral.enabled:
-        yield False
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    def boot() -> None:
-        with contextlib.suppress(Exception):  # the flow run retries a failed start, and reports it
-            SubprocessASGIServer().start()
-
-    booting = threading.Thread(target=boot, daemon=True)
-    booting.start()
-    try:
-        yield True
-    finally:
-        booting.join()
-
-
-def _schedule(cron: str | None, interval: float | None) -> Any:
-    from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
-    from pydantic import ValidationError
-
+def _schedule(cron: str | None, interval: float | None) -> CronSchedule | IntervalSchedule:
     if (cron is None) == (interval is None):
         raise InputError("give exactly one of --cron or --interval, e.g. --cron '0 2 * * *'")
     if interval is not None:
         if not interval > 0:
             raise InputError(
-                f"invalid --interval: must be a positive number of seconds ({interval})"
+                f"invalid --interval: must be a positive number of seconds (got {interval}); "
+                "e.g. --interval 3600"
             )
         return IntervalSchedule(interval=timedelta(seconds=interval))
     try:
@@ -121,12 +112,8 @@ def serve_comparison(
     params: RunParams, given: Iterable[str], name: str, cron: str | None, interval: float | None
 ) -> None:
     """Serve the comparison with the `given` fields of `params` on a schedule until interrupted."""
-    from prefect.deployments.runner import EntrypointType
-
     schedule = _schedule(cron, interval)
     require_api("serve")
-    from flows.comparison import gd_comparison
-
     gd_comparison.serve(
         name=name,
         schedules=[schedule],
@@ -142,6 +129,12 @@ def _port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
 def server_env(host: str, port: int) -> dict[str, str]:
     """The server's environment: analytics off, listening on host:port, its UI pointing there."""
     return {
@@ -153,13 +146,66 @@ def server_env(host: str, port: int) -> dict[str, str]:
     }
 
 
+def _start_server(host: str, port: int, quiet: bool = False) -> subprocess.Popen[bytes]:
+    """`prefect server start` on host:port; its output on this terminal, or discarded if quiet."""
+    output = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start"],
+        env=server_env(host, port),
+        stdout=output,
+        stderr=output,
+    )
+
+
+def _wait_until_up(server: subprocess.Popen[bytes], api_url: str) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while not api_is_up(api_url, timeout=1.0):
+        if server.poll() is not None:
+            raise BrokenEnvironment(
+                f"the Prefect server exited with code {server.returncode} as it started; "
+                "run `prefect server start` to see why"
+            )
+        if time.monotonic() > deadline:
+            _stop_server(server)
+            raise BrokenEnvironment(
+                f"no answer from the Prefect server in {SERVER_START_TIMEOUT_S:g} s; "
+                "the machine may be overloaded: try again, or start one with `gdflow server`"
+            )
+        time.sleep(0.25)
+
+
+def _stop_server(server: subprocess.Popen[bytes]) -> None:
+    """Ask the server to shut down; kill it if it has not within SERVER_STOP_TIMEOUT_S."""
+    server.terminate()
+    try:
+        server.wait(timeout=SERVER_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+@contextlib.contextmanager
+def local_server() -> Iterator[str]:
+    """A Prefect server on a free loopback port while the block runs; yields its API URL.
+
+    For worker processes (a local Dask cluster) that must report to the same server when no
+    PREFECT_API_URL is set. Its output is discarded: this command's stdout may be JSON.
+    """
+    port = _free_port()
+    api_url = f"http://{LOOPBACK}:{port}/api"
+    server = _start_server(LOOPBACK, port, quiet=True)
+    try:
+        _wait_until_up(server, api_url)
+        yield api_url
+        # what this process logged for the server reaches it before it stops
+        APILogWorker.drain_all(timeout=SERVER_STOP_TIMEOUT_S)
+    finally:
+        if server.poll() is None:
+            _stop_server(server)
+
+
 def ensure_work_pool(api_url: str) -> None:
     """Create the process work pool prefect.yaml's deployments use, unless it exists."""
-    from prefect.client.orchestration import SyncPrefectClient
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
-    from prefect.workers.process import ProcessWorker
-
     pool = WorkPoolCreate(
         name=WORK_POOL,
         type="process",
@@ -167,19 +213,6 @@ def ensure_work_pool(api_url: str) -> None:
     )
     with SyncPrefectClient(api_url) as client, contextlib.suppress(ObjectAlreadyExists):
         client.create_work_pool(pool)
-
-
-def _wait_until_up(server: subprocess.Popen[bytes], api_url: str) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while not api_is_up(api_url, timeout=1.0):
-        if server.poll() is not None:
-            raise BrokenEnvironment(f"the Prefect server exited with code {server.returncode}")
-        if time.monotonic() > deadline:
-            server.terminate()
-            raise BrokenEnvironment(
-                f"no answer from the Prefect server in {SERVER_START_TIMEOUT_S:g} s"
-            )
-        time.sleep(0.25)
 
 
 def run_server(host: str, port: int) -> int:
@@ -191,9 +224,7 @@ def run_server(host: str, port: int) -> int:
         )
     address = f"http://{host}:{port}"
     api_url = f"{address}/api"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start"], env=server_env(host, port)
-    )
+    server = _start_server(host, port)
     stopped = False
 
     def stop(*_: object) -> None:
@@ -214,9 +245,6 @@ def run_server(host: str, port: int) -> int:
         )
         code = server.wait()
     except KeyboardInterrupt:  # Ctrl-C reaches the server too; give it time to shut down
-        stop()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stopped = True
+        _stop_server(server)
     return 0 if stopped else code

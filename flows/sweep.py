@@ -1,4 +1,4 @@
-"""The sweep flow: one training task per step size x batch size x seed, fanned out on a runner."""
+"""The sweep flow: one training per step size x batch size x seed, fanned out on a task runner."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,16 +15,35 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from pydantic import BaseModel
 
-from flows.common import cached
-from tasks.dataset import DatasetRef
-from tasks.fitting import history_path, train_method
-from tasks.generation import generate_dataset
+from tasks.cache import in_data_dir
+from tasks.data.dataset import DatasetRef
+from tasks.errors import InputError
 from tasks.params import SweepParams
-from tasks.paths import dataset_path, resolve_data_dir
-from tasks.sweeping import grid, publish_sweep
+from tasks.paths import resolve_data_dir
+from tasks.steps import generate_dataset, publish_sweep, train_method
 
 _ADDRESS = re.compile(r"^(tcp|tls)://[^\s/:]+:\d+$")
+DASK_EXTRA = (
+    "--dask needs gdflow's dask extra (prefect-dask, distributed); "
+    "install it with: pip install -e '.[dask]'"
+)
+
+
+class SweepResult(BaseModel):
+    """What a sweep returns: its data sets, how many cells ran, where its report is."""
+
+    flow_run_name: str
+    datasets: dict[str, str]
+    cells: int
+    cached: int
+    diverged: int
+    best: list[dict[str, Any]]
+    figure: str
+    figure_svg: str
+    histories: str
+    data_dir: str
 
 
 def _run_name() -> str:
@@ -38,48 +56,63 @@ def _run_name() -> str:
 
 def _datasets(params: SweepParams, data_dir: Path) -> list[DatasetRef]:
     """One data set per seed, generated concurrently (or read from the cache)."""
-    futures = []
-    for seed in params.seeds:
-        spec = params.data_spec(seed)
-        generate = cached(generate_dataset, data_dir, dataset_path(data_dir, spec), params.refresh)
-        futures.append(generate.submit(spec, str(data_dir)))
-    return [f.result() for f in futures]
+    generate = in_data_dir(generate_dataset, data_dir, params.refresh)
+    runs = [generate.submit(params.data_spec(seed), str(data_dir)) for seed in params.seeds]
+    return [run.result() for run in runs]
 
 
 @flow(name="gd-sweep", flow_run_name=_run_name, persist_result=False)
-def gd_sweep(params: SweepParams | None = None) -> dict[str, Any]:
+def gd_sweep(params: SweepParams | None = None) -> SweepResult:
     """Train every step size x batch size x seed and publish where each converges."""
     params = params or SweepParams()
-    logger = get_run_logger()
     data_dir = resolve_data_dir(params.data_dir)
+
+    # 1. one data set per seed
     datasets = dict(zip(params.seeds, _datasets(params, data_dir), strict=True))
-
-    cells = grid(params)
-    futures = []
-    for cell in cells:
-        dataset = datasets[cell.seed]
-        spec = params.method_spec(cell.lr, cell.batch_size)
-        output = history_path(data_dir, dataset, spec)
-        trainer = cached(train_method, data_dir, output, params.refresh).with_options(
-            task_run_name=f"train-{cell.label}"
+    # 2. one training per cell
+    cells = params.cells()
+    train = in_data_dir(train_method, data_dir, params.refresh)
+    runs = [
+        train.with_options(task_run_name=f"train-{cell.label}").submit(
+            datasets[cell.seed], params.method_spec(cell.lr, cell.batch_size), str(data_dir)
         )
-        futures.append(trainer.submit(dataset, spec, str(data_dir)))
-    histories = [f.result() for f in futures]
-    reused = sum(f.state.name == "Cached" for f in futures)
-    logger.info("%d runs, %d of them from the cache", len(cells), reused)
+        for cell in cells
+    ]
+    results = [run.result() for run in runs]
+    reused = sum(run.state.name == "Cached" for run in runs)
+    get_run_logger().info("%d runs, %d of them from the cache", len(cells), reused)
+    # 3. the heat map, tables and artifacts
+    report = publish_sweep(cells, results, list(datasets.values()), params, str(data_dir))
 
-    report = publish_sweep(cells, histories, list(datasets.values()), params, str(data_dir))
-    return {
-        "datasets": {str(seed): d.file.path for seed, d in datasets.items()},
-        "cells": len(cells),
-        "cached": reused,
-        "diverged": report.diverged,
-        "best": report.best,
-        "figure": report.figure,
-        "figure_svg": report.figure_svg,
-        "histories": report.histories,
-        "data_dir": str(data_dir),
-    }
+    return SweepResult(
+        flow_run_name=flow_run.name,
+        datasets={str(seed): d.file.path for seed, d in datasets.items()},
+        cells=len(cells),
+        cached=reused,
+        diverged=report.diverged,
+        best=report.best,
+        figure=report.figure,
+        figure_svg=report.figure_svg,
+        histories=report.histories,
+        data_dir=str(data_dir),
+    )
+
+
+def check_scheduler(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse an address that is not tcp://HOST:PORT (or tls://) or where nothing answers."""
+    if not _ADDRESS.match(address):
+        raise InputError(
+            f"invalid --dask-address {address!r}; give the scheduler as tcp://HOST:PORT"
+        )
+    parts = urlsplit(address)
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"no Dask scheduler answers at {address} ({exc.strerror or exc}); "
+            "start one with `dask scheduler` or fix --dask-address"
+        ) from None
 
 
 def task_runner(
@@ -90,16 +123,20 @@ def task_runner(
     A local cluster has `workers` single-threaded worker processes (default: one per CPU core).
     """
     if workers is not None and (address is not None or not dask):
-        raise ValueError("--dask-workers sizes the local cluster of --dask: use it with --dask")
+        raise InputError("--dask-workers sizes the local cluster of --dask: use it with --dask")
     if workers is not None and workers < 1:
-        raise ValueError(f"--dask-workers must be at least 1 (got {workers})")
+        raise InputError(f"--dask-workers must be at least 1 (got {workers}); give 1 or more")
     if address is None and not dask:
         return ThreadPoolTaskRunner()
     if address is not None:
         check_scheduler(address)
-    _quiet_dask_logs()
-    from prefect_dask import DaskTaskRunner
-
+    try:
+        from prefect_dask import DaskTaskRunner  # the optional extra gdflow[dask]
+    except ImportError:
+        raise InputError(DASK_EXTRA) from None
+    # Keep Dask's warnings but not its INFO chatter about starting and stopping workers.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # read by worker processes
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     if address is not None:
         return DaskTaskRunner(address=address)
     return DaskTaskRunner(
@@ -112,49 +149,18 @@ def task_runner(
     )
 
 
-def _quiet_dask_logs() -> None:
-    """Keep Dask's warnings but not its INFO chatter about starting and stopping workers."""
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # read by worker processes
-    logging.getLogger("distributed").setLevel(logging.WARNING)
-
-
-def check_scheduler(address: str, timeout_s: float = 5.0) -> None:
-    """Raise ValueError unless `address` is tcp://HOST:PORT (or tls://) and accepts connections."""
-    if not _ADDRESS.match(address):
-        raise ValueError(f"--dask-address {address!r}: expected tcp://HOST:PORT")
-    parts = urlsplit(address)
-    try:
-        with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        raise ValueError(
-            f"no Dask scheduler answers at {address} ({exc.strerror or exc}); "
-            "start one with `dask scheduler` or fix --dask-address"
-        ) from None
-
-
-@contextlib.contextmanager
-def shared_api() -> Iterator[str]:
-    """A Prefect API URL that worker processes can reach: the configured one, else a local server.
-
-    Without PREFECT_API_URL every process would start its own temporary server; Dask workers
-    get the URL through the settings that prefect-dask sends along with each task.
-    """
-    url = PREFECT_API_URL.value()
-    if url:
-        yield url
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
-    with temporary_settings({PREFECT_API_URL: server.api_url}):
-        yield server.api_url
-
-
 def run_sweep(params: SweepParams, runner: TaskRunner) -> Any:
-    """Run the sweep flow on `runner` and return its final state."""
+    """Run the sweep flow on `runner` and return its final state.
+
+    Dask worker processes must reach the same Prefect server: without PREFECT_API_URL each would
+    start its own temporary one, so a local server is started for the sweep.
+    """
     if isinstance(runner, ThreadPoolTaskRunner):
         return gd_sweep(params=params, return_state=True)
-    with shared_api():
+    from flows.serving import local_server
+
+    with contextlib.ExitStack() as stack:
+        if not PREFECT_API_URL.value():
+            url = stack.enter_context(local_server())
+            stack.enter_context(temporary_settings({PREFECT_API_URL: url}))
         return gd_sweep.with_options(task_runner=runner)(params=params, return_state=True)

@@ -1,4 +1,5 @@
-"""The result of training one method: a per-epoch history plus summary facts."""
+"""The result of training one method: its per-epoch history, stored as Parquet, and the summary
+that travels from the training task to the report, the CLI table and the JSON output."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
 
 from tasks.storage import FileRecord, read_verified, write_parquet
 
@@ -18,7 +20,9 @@ class History:
 
     Row e holds the state at the start of epoch e (before its updates); the last row
     (e = epochs) holds the state after training. `loss` is the full-data MSE at (w, b).
-    `updates` counts the parameter updates made before that row's state.
+    `updates` counts the parameter updates made before that row's state. `wall_time_s` is the
+    training time when the history comes from training, None when it is read from a file
+    (the file leaves it out, so the same training always writes the same bytes).
     """
 
     method: str
@@ -27,7 +31,6 @@ class History:
     w: np.ndarray  # float64
     b: np.ndarray  # float64
     updates: np.ndarray  # int64, cumulative
-    wall_time_s: float
     diverged: bool
     reason: str | None  # why it is marked diverged, None otherwise
     stability_bound: float  # largest stable step size for this method on this data
@@ -36,6 +39,7 @@ class History:
     dtype: str
     compute_dtype: str
     extra: dict[str, str] = field(default_factory=dict)
+    wall_time_s: float | None = None
 
     @property
     def epochs(self) -> int:
@@ -50,10 +54,52 @@ class History:
         return int(self.updates[-1])
 
 
+class MethodResult(BaseModel):
+    """One method's training: the facts the report, the CLI table and the JSON output show,
+    and where its full history is stored."""
+
+    model_config = ConfigDict(frozen=True)
+
+    method: str
+    lr: float
+    final_loss: float
+    final_w: float
+    final_b: float
+    diverged: bool
+    reason: str | None
+    stability_bound: float
+    updates: int
+    wall_time_s: float
+    engine: str
+    dtype: str
+    history: str  # path of the stored history file
+
+    @classmethod
+    def from_history(cls, history: History, path: str | Path) -> MethodResult:
+        """The summary of a history just trained (it carries its wall time), stored at `path`."""
+        if history.wall_time_s is None:
+            raise ValueError("a history read from a file has no wall time to report")
+        return cls(
+            method=history.method,
+            lr=float(history.lr),
+            final_loss=history.final_loss,
+            final_w=float(history.w[-1]),
+            final_b=float(history.b[-1]),
+            diverged=bool(history.diverged),
+            reason=history.reason,
+            stability_bound=float(history.stability_bound),
+            updates=history.total_updates,
+            wall_time_s=float(history.wall_time_s),
+            engine=history.engine,
+            dtype=history.dtype,
+            history=str(path),
+        )
+
+
 _COLUMNS = ("epoch", "loss", "w", "b", "updates")
+# The wall time is left out: it differs from run to run, and the file must not.
 _SCALARS = (
     "method",
-    "wall_time_s",
     "diverged",
     "reason",
     "stability_bound",
@@ -77,7 +123,10 @@ def history_schema() -> pa.Schema:
 
 
 def write_history(history: History, target: Path, context: dict[str, str]) -> FileRecord:
-    """Store a history as Parquet; summary facts and `context` go into its metadata."""
+    """Store a history as Parquet; summary facts and `context` go into its metadata.
+
+    The same history and context give the same bytes.
+    """
     metadata = {f"gdflow.{k}": json.dumps(getattr(history, k), default=_plain) for k in _SCALARS}
     metadata.update({f"gdflow.extra.{k}": v for k, v in history.extra.items()})
     metadata.update(context)
@@ -88,7 +137,7 @@ def write_history(history: History, target: Path, context: dict[str, str]) -> Fi
 
 
 def read_history(record: FileRecord) -> History:
-    """Load a stored history, verifying its content hash."""
+    """Load a stored history, verifying its content hash; its wall time is None."""
     table = read_verified(record)
     raw = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     scalars = {k: json.loads(raw[f"gdflow.{k}"]) for k in _SCALARS}

@@ -1,4 +1,4 @@
-"""Run parameters: the one place where defaults, presets and validation live."""
+"""Run and sweep parameters: the one place where defaults, presets and validation live."""
 
 from __future__ import annotations
 
@@ -6,17 +6,13 @@ import os
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    create_model,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tasks.errors import InputError
 
 MAX_SAMPLES = 10_000_000_000
 MAX_EPOCHS = 1_000_000
+MAX_SEED = 2**63 - 1
 
 
 class Method(StrEnum):
@@ -41,10 +37,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class InputError(ValueError):
-    """A request that cannot be carried out as given; the message names the problem and the fix."""
-
-
 class DataSpec(BaseModel):
     """How the synthetic data set is generated: y = slope * x + intercept + noise_std * N(0, 1)."""
 
@@ -56,7 +48,7 @@ class DataSpec(BaseModel):
     slope: float = -5.0
     intercept: float = 0.0
     noise_std: float = Field(0.4, ge=0.0)
-    seed: int = Field(0, ge=0, le=2**63 - 1)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _check_range(self) -> DataSpec:
@@ -87,16 +79,11 @@ class MethodSpec(BaseModel):
 LR_FIELDS = {Method.bgd: "bgd_lr", Method.sgd: "sgd_lr", Method.minibatch: "minibatch_lr"}
 
 
-class RunParams(BaseModel):
-    """All parameters of one comparison run (the flow's single parameter)."""
+class SharedParams(BaseModel):
+    """The options a single run and a sweep have in common: synthetic data, training, output."""
 
     model_config = ConfigDict(allow_inf_nan=False, extra="forbid", validate_default=True)
 
-    preset: str = Field(
-        "default",
-        description=f"Named preset ({', '.join(PRESETS)}); explicit options override it.",
-        json_schema_extra={"enum": list(PRESETS)},  # a dropdown in the UI, checked by deployments
-    )
     # data
     n_samples: int = Field(100, ge=2, le=MAX_SAMPLES, description="Number of points.")
     x_start: float = Field(-5.0, description="First x value (inclusive).")
@@ -104,7 +91,56 @@ class RunParams(BaseModel):
     slope: float = Field(-5.0, description="True slope.")
     intercept: float = Field(0.0, description="True intercept.")
     noise_std: float = Field(0.4, ge=0.0, description="Standard deviation of the noise.")
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of the noise draw.")
+    # training
+    epochs: int = Field(20, ge=1, le=MAX_EPOCHS, description="Epochs per method.")
+    w0: float = Field(-10.0, description="Initial slope w.")
+    b0: float = Field(-20.0, description="Initial intercept b.")
+    shuffle: bool = Field(False, description="Shuffle the points each epoch (SGD, mini-batch).")
+    shuffle_seed: int = Field(0, ge=0, description="Seed of the per-epoch shuffles.")
+    dtype: DType = Field("float32", description="Floating-point precision of the data.")
+    engine: Engine = Field("fast", description="Training engine: fast kernels or reference.")
+    device: Device = Field(
+        "cpu",
+        description=(
+            "Where the reference engine trains bgd and minibatch: cpu, or cuda (a GPU torch "
+            "sees); sgd and the fast engine run on the CPU."
+        ),
+    )
+    # where results go, and cache control
+    data_dir: str | None = Field(None, description="Output and cache root (default: data/).")
+    refresh: bool = Field(False, description="Recompute everything, ignoring cached results.")
+
+    def data_spec_for(self, seed: int) -> DataSpec:
+        """The synthetic data set these options describe, drawn with `seed`."""
+        fields = {k: getattr(self, k) for k in DataSpec.model_fields if k != "seed"}
+        return DataSpec(**fields, seed=seed)
+
+    def method_spec_for(self, method: Method, lr: float, batch_size: int) -> MethodSpec:
+        """One method's training run with these options (batch_size: points per update)."""
+        return MethodSpec(
+            method=method,
+            lr=lr,
+            epochs=self.epochs,
+            w0=self.w0,
+            b0=self.b0,
+            batch_size=batch_size,
+            shuffle=self.shuffle and method is not Method.bgd,
+            shuffle_seed=self.shuffle_seed,
+            dtype=self.dtype,
+            engine=self.engine,
+            device="cpu" if method is Method.sgd or self.engine == "fast" else self.device,
+        )
+
+
+class RunParams(SharedParams):
+    """All parameters of one comparison run (the flow's single parameter)."""
+
+    preset: str = Field(
+        "default",
+        description=f"Named preset ({', '.join(PRESETS)}); explicit options override it.",
+        json_schema_extra={"enum": list(PRESETS)},  # a dropdown in the UI, checked by deployments
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the noise draw.")
     # or the user's own data, in place of the synthetic data set
     data: str | None = Field(
         None,
@@ -115,33 +151,15 @@ class RunParams(BaseModel):
     )
     x_col: str = Field("x", min_length=1, description="Column of the data file holding x.")
     y_col: str = Field("y", min_length=1, description="Column of the data file holding y.")
-    # training
     methods: list[Method] = Field(
         default_factory=lambda: [Method.bgd, Method.sgd, Method.minibatch],
         min_length=1,
         description="Methods to train and compare.",
     )
-    epochs: int = Field(20, ge=1, le=MAX_EPOCHS, description="Epochs per method.")
-    w0: float = Field(-10.0, description="Initial slope w.")
-    b0: float = Field(-20.0, description="Initial intercept b.")
     bgd_lr: float = Field(0.1, gt=0.0, description="Step size of batch gradient descent.")
     sgd_lr: float = Field(0.01, gt=0.0, description="Step size of per-point SGD.")
     minibatch_lr: float = Field(0.02, gt=0.0, description="Step size of mini-batch descent.")
     batch_size: int = Field(10, ge=1, description="Mini-batch size.")
-    shuffle: bool = Field(False, description="Shuffle the points each epoch (SGD, mini-batch).")
-    shuffle_seed: int = Field(0, ge=0, description="Seed of the per-epoch shuffles.")
-    dtype: DType = Field("float32", description="Floating-point precision of the data.")
-    engine: Engine = Field("fast", description="Training engine: fast kernels or reference.")
-    device: Device = Field(
-        "cpu",
-        description=(
-            "Where bgd and minibatch do their work on the data: cpu, or cuda (a GPU torch sees); "
-            "sgd is sequential and always runs on the CPU."
-        ),
-    )
-    # where results go, and cache control
-    data_dir: str | None = Field(None, description="Output and cache root (default: data/).")
-    refresh: bool = Field(False, description="Recompute everything, ignoring cached results.")
 
     @model_validator(mode="before")
     @classmethod
@@ -158,16 +176,6 @@ class RunParams(BaseModel):
     @classmethod
     def _unique_methods(cls, methods: list[Method]) -> list[Method]:
         return list(dict.fromkeys(methods))
-
-    @field_validator("device")
-    @classmethod
-    def _device_present(cls, device: Device) -> Device:
-        if device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ValueError("torch sees no CUDA device on this machine; use --device cpu")
-        return device
 
     @field_validator("data")
     @classmethod
@@ -199,7 +207,7 @@ class RunParams(BaseModel):
             )
 
     def data_spec(self) -> DataSpec:
-        return DataSpec(**{k: getattr(self, k) for k in DataSpec.model_fields})
+        return self.data_spec_for(self.seed)
 
     def lr(self, method: Method) -> float:
         return float(getattr(self, LR_FIELDS[method]))
@@ -209,34 +217,10 @@ class RunParams(BaseModel):
         rows = self.n_samples if rows is None else rows
         self.check_rows(rows)
         batch = {Method.bgd: rows, Method.sgd: 1, Method.minibatch: self.batch_size}
-        return MethodSpec(
-            method=method,
-            lr=self.lr(method),
-            epochs=self.epochs,
-            w0=self.w0,
-            b0=self.b0,
-            batch_size=batch[method],
-            shuffle=self.shuffle and method is not Method.bgd,
-            shuffle_seed=self.shuffle_seed,
-            dtype=self.dtype,
-            engine=self.engine,
-            device="cpu" if method is Method.sgd else self.device,
-        )
+        return self.method_spec_for(method, self.lr(method), batch[method])
 
 
 ALL_POINTS = "n"  # a batch size meaning "all points": batch gradient descent
-# Options of a single run that a sweep does not take: its grid replaces the method, step size,
-# batch size and seed options, and it runs on synthetic data sets (one per seed).
-_NOT_IN_SWEEPS = {
-    "preset",
-    "seed",
-    "methods",
-    "batch_size",
-    *LR_FIELDS.values(),
-    "data",
-    "x_col",
-    "y_col",
-}
 
 
 def method_for_batch(batch_size: int, n_samples: int) -> Method:
@@ -246,10 +230,23 @@ def method_for_batch(batch_size: int, n_samples: int) -> Method:
     return Method.bgd if batch_size >= n_samples else Method.minibatch
 
 
-class SweepGrid(BaseModel):
-    """The grid of a sweep: each step size x batch size x seed is one training run."""
+class Cell(BaseModel):
+    """One point of a sweep's grid: a data set (seed) and a training run (batch and step size)."""
 
-    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", validate_default=True)
+    model_config = ConfigDict(frozen=True)
+
+    seed: int
+    batch_size: int
+    lr: float
+    method: Method
+
+    @property
+    def label(self) -> str:
+        return f"b{self.batch_size}-lr{self.lr:g}-seed{self.seed}"
+
+
+class SweepParams(SharedParams):
+    """All parameters of one sweep: its grid, and the options of a single run that apply."""
 
     lrs: list[Annotated[float, Field(gt=0.0)]] = Field(
         default_factory=lambda: [0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2],
@@ -261,15 +258,15 @@ class SweepGrid(BaseModel):
         min_length=1,
         description="Batch sizes: 1 is SGD, n (all points) is BGD, between is mini-batch.",
     )
-    seeds: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
         default_factory=lambda: [0, 1, 2],
         min_length=1,
         description="Seeds of the noise draw, one data set each.",
     )
 
     @model_validator(mode="after")
-    def _resolve_grid(self) -> SweepGrid:
-        n = self.n_samples  # type: ignore[attr-defined]
+    def _resolve_grid(self) -> SweepParams:
+        n = self.n_samples
         sizes = [n if size == ALL_POINTS else int(size) for size in self.batch_sizes]
         if max(sizes) > n:
             raise ValueError(
@@ -279,35 +276,23 @@ class SweepGrid(BaseModel):
         self.lrs = sorted(set(self.lrs))
         self.batch_sizes = sorted(set(sizes))  # type: ignore[arg-type]
         self.seeds = list(dict.fromkeys(self.seeds))
-        self.run_params(self.lrs[0], sizes[0], self.seeds[0])  # validates the data options
+        self.data_spec(self.seeds[0])  # validates the data options
         return self
-
-    def run_params(self, lr: float, batch_size: int, seed: int) -> RunParams:
-        """The single run whose one method is this grid cell: same data set, same MethodSpec."""
-        method = method_for_batch(batch_size, self.n_samples)  # type: ignore[attr-defined]
-        own = type(self).model_fields
-        shared = {k: getattr(self, k) for k in RunParams.model_fields if k in own}
-        batch = {"batch_size": batch_size} if method is Method.minibatch else {}
-        return RunParams(**shared, **batch, seed=seed, methods=[method], **{LR_FIELDS[method]: lr})
 
     def data_spec(self, seed: int) -> DataSpec:
         """The data set of one seed."""
-        return self.run_params(self.lrs[0], self.batch_sizes[0], seed).data_spec()
+        return self.data_spec_for(seed)
 
     def method_spec(self, lr: float, batch_size: int) -> MethodSpec:
         """The training run of one grid cell (it does not depend on the seed)."""
-        run = self.run_params(lr, batch_size, self.seeds[0])
-        return run.method_spec(run.methods[0])
+        method = method_for_batch(batch_size, self.n_samples)
+        return self.method_spec_for(method, lr, batch_size)
 
-
-SweepParams = create_model(
-    "SweepParams",
-    __base__=SweepGrid,
-    __module__=__name__,
-    __doc__="All parameters of one sweep: its grid and the options of a single run that apply.",
-    **{
-        name: (field.annotation, field)
-        for name, field in RunParams.model_fields.items()
-        if name not in _NOT_IN_SWEEPS
-    },
-)
+    def cells(self) -> list[Cell]:
+        """Every seed x batch size x step size of the sweep, in that nesting order."""
+        return [
+            Cell(seed=seed, batch_size=size, lr=lr, method=method_for_batch(size, self.n_samples))
+            for seed in self.seeds
+            for size in self.batch_sizes
+            for lr in self.lrs
+        ]

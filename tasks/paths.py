@@ -1,20 +1,23 @@
-"""Where gdflow keeps its files: one data directory holding data, results and cache."""
+"""Every file name gdflow makes: one data directory holds the data sets, histories, reports and
+cache records, each named from the inputs that decide its content."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks import keys
-from tasks.keys import dumps_metadata, stable_digest
+from tasks.digest import code_version, stable_digest
 
 if TYPE_CHECKING:
-    from tasks.params import DataSpec, RunParams
+    from tasks.data.dataset import DatasetRef
+    from tasks.data.userfile import SourceFile
+    from tasks.params import DataSpec, MethodSpec, RunParams, SweepParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR_ENV = "GDFLOW_DATA_DIR"
+MANIFEST_SUFFIX = ".manifest.json"
+FIGURE_INPUTS = "figure-inputs.json"  # beside a report's figures: what they were drawn from
 
 
 def resolve_data_dir(value: str | os.PathLike[str] | None = None) -> Path:
@@ -24,33 +27,47 @@ def resolve_data_dir(value: str | os.PathLike[str] | None = None) -> Path:
 
 
 def cache_dir(data_dir: Path) -> Path:
-    """Prefect result storage: cached task results and their cache records."""
+    """Prefect result storage: the cache records of gdflow's tasks."""
     return data_dir / "cache"
 
 
-def locks_dir(data_dir: Path) -> Path:
-    return data_dir / "locks"
-
-
-def reports_dir(data_dir: Path) -> Path:
-    return data_dir / "reports"
+def datasets_dir(data_dir: Path) -> Path:
+    return data_dir / "datasets"
 
 
 def histories_dir(data_dir: Path) -> Path:
     return data_dir / "histories"
 
 
-def report_name(params: RunParams) -> str:
-    """Same parameters, same report folder (a re-run replaces it)."""
-    relevant = params.model_dump(mode="json", exclude={"refresh", "data_dir"})
-    return f"{params.preset}-{stable_digest(relevant)[:10]}"
+def reports_dir(data_dir: Path) -> Path:
+    return data_dir / "reports"
 
 
-def spec_digest(spec: DataSpec) -> str:
-    payload = dumps_metadata({"spec": spec.model_dump(), "code": keys.CODE_VERSION})
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def manifest_path(path: Path) -> Path:
+    """The manifest beside a stored file: its content hash, size and time on disk."""
+    return path.with_name(path.name + MANIFEST_SUFFIX)
 
 
 def dataset_path(data_dir: Path, spec: DataSpec) -> Path:
-    """Where the synthetic data set of `spec` lives (same spec and code, same path)."""
-    return data_dir / "datasets" / f"synthetic-{spec_digest(spec)}.parquet"
+    """The synthetic data set of `spec` (same spec and code, same file)."""
+    digest = stable_digest(spec, code_version())[:16]
+    return datasets_dir(data_dir) / f"synthetic-{digest}.parquet"
+
+
+def user_dataset_path(data_dir: Path, source: SourceFile, x_col: str, y_col: str) -> Path:
+    """The copy of this version of the user's file (same file and columns, same copy)."""
+    digest = stable_digest(source, x_col, y_col, code_version())[:16]
+    return datasets_dir(data_dir) / f"user-{digest}.parquet"
+
+
+def history_path(data_dir: Path, dataset: DatasetRef, spec: MethodSpec) -> Path:
+    """The history of `spec` trained on `dataset` (same inputs and code, same file)."""
+    digest = stable_digest(dataset.file.sha256, spec, code_version())[:16]
+    return histories_dir(data_dir) / f"{spec.method.value}-{digest}.parquet"
+
+
+def report_dir(data_dir: Path, params: RunParams | SweepParams) -> Path:
+    """The report folder of a run or sweep: same parameters, same folder (a re-run replaces it)."""
+    relevant = params.model_dump(mode="json", exclude={"refresh", "data_dir"})
+    prefix = getattr(params, "preset", "sweep")
+    return reports_dir(data_dir) / f"{prefix}-{stable_digest(relevant)[:10]}"

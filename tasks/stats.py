@@ -61,7 +61,11 @@ class MomentsAccumulator:
         yc = y.astype(np.float64)
         cmx, cmy = float(xc.mean()), float(yc.mean())
         dx, dy = xc - cmx, yc - cmy
-        csxx, csxy, csyy = float(dx @ dx), float(dx @ dy), float(dy @ dy)
+        # einsum, not `@`: BLAS splits a dot product by thread count, so its rounding (and with
+        # it every history) would depend on the machine and its load.
+        csxx, csxy, csyy = (
+            float(np.einsum("i,i->", a, b)) for a, b in ((dx, dx), (dx, dy), (dy, dy))
+        )
         self.max_x2 = max(self.max_x2, float(np.max(xc * xc)))
         total = self.n + m
         ddx, ddy = cmx - self.mx, cmy - self.my

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
+from tasks.errors import CorruptFileError
+from tasks.paths import manifest_path
+
 _HASH_BLOCK = 1 << 24
-MANIFEST_SUFFIX = ".manifest.json"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class FileRecord(BaseModel):
@@ -31,14 +31,6 @@ class FileRecord(BaseModel):
     size: int
     mtime_ns: int
     rows: int
-
-
-class CorruptFileError(RuntimeError):
-    """A file's content does not match the hash recorded when it was written."""
-
-
-def manifest_path(path: Path) -> Path:
-    return path.with_name(path.name + MANIFEST_SUFFIX)
 
 
 def sha256_file(path: Path) -> str:
@@ -54,10 +46,8 @@ def sha256_file(path: Path) -> str:
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; move it into place only if the block succeeds."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes files private; keep the usual mode
+    tmp_path = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:

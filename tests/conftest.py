@@ -15,6 +15,10 @@ os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(_SANDBOX / "default-result-storag
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["GDFLOW_DATA_DIR"] = str(_SANDBOX / "data")
 os.environ.pop("PREFECT_API_URL", None)
+# Lock files live in the temporary directory: the tests' own, for them and their subprocesses.
+(_SANDBOX / "tmp").mkdir()
+os.environ["TMPDIR"] = str(_SANDBOX / "tmp")
+tempfile.tempdir = None
 
 
 @pytest.fixture(scope="session")

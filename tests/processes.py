@@ -8,13 +8,11 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
-from tasks.caching import STABLE_INPUTS
-from tasks.generation import generate_dataset
+from tasks.digest import code_version, stable_digest
 from tasks.params import RunParams
-from tasks.paths import PROJECT_ROOT
-from tasks.storage import MANIFEST_SUFFIX, is_intact, read_manifest, sha256_file
+from tasks.paths import MANIFEST_SUFFIX, PROJECT_ROOT
+from tasks.storage import is_intact, read_manifest, sha256_file
 
 
 def command_env(data_dir: Path | None, api: str | None, **extra: str) -> dict[str, str]:
@@ -115,6 +113,4 @@ def leftovers(root: Path) -> list[str]:
 def dataset_key(params: RunParams, data_dir: Path) -> str:
     """The cache key, and so the lock file name, of a run's synthetic data set task."""
     inputs = {"spec": params.data_spec(), "data_dir": str(data_dir)}
-    key = STABLE_INPUTS.compute_key(SimpleNamespace(task=generate_dataset), inputs, {})
-    assert key is not None
-    return key
+    return stable_digest("generate_dataset", inputs, code_version())

@@ -1,0 +1,185 @@
+"""The comparison figure's fourth panel: each method's (w, b) path over the MSE surface."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
+
+from tasks.history import History
+from tasks.report.style import (
+    Limits,
+    drawable,
+    markevery,
+    method_colour,
+    padded,
+    plain_log_labels,
+)
+from tasks.stats import Moments
+
+GRID = 220  # contour grid points per axis
+
+
+def _box(histories: Sequence[History], start: Limits, best: Limits) -> tuple[Limits, Limits]:
+    """(w, b) limits around the start, the optimum and every converged path."""
+    ws, bs = [np.array([start[0], best[0]])], [np.array([start[1], best[1]])]
+    for h in histories:
+        if not h.diverged:
+            ok = drawable(h.w) & drawable(h.b)
+            ws.append(h.w[ok])
+            bs.append(h.b[ok])
+    w_all, b_all = np.concatenate(ws), np.concatenate(bs)
+    w_all, b_all = w_all[drawable(w_all)], b_all[drawable(b_all)]
+    return padded(float(w_all.min()), float(w_all.max()), 0.08), padded(
+        float(b_all.min()), float(b_all.max()), 0.08
+    )
+
+
+def _exit_point(inside: np.ndarray, outside: np.ndarray, wl: Limits, bl: Limits) -> np.ndarray:
+    """Where the segment from an inside point to an outside point crosses the box edge."""
+    d = outside - inside
+    t = 1.0
+    for k, (lo, hi) in enumerate((wl, bl)):
+        if d[k] > 0:
+            t = min(t, (hi - inside[k]) / d[k])
+        elif d[k] < 0:
+            t = min(t, (lo - inside[k]) / d[k])
+    return inside + t * d
+
+
+def _mark_exit(
+    ax: Axes, last: np.ndarray, edge: np.ndarray, text: str, colour: str, wl: Limits, bl: Limits
+) -> None:
+    """An arrow from a path's last point in the box to `edge`, with `text` beside it."""
+    ax.annotate(
+        "",
+        xy=edge,
+        xytext=last,
+        arrowprops={"arrowstyle": "-|>", "color": colour, "lw": 1.8, "mutation_scale": 18},
+        zorder=5,
+    )
+    away = np.sign([edge[0] - np.mean(wl), edge[1] - np.mean(bl)])
+    ax.annotate(
+        text,
+        edge,
+        xytext=(-away[0] * 8, -away[1] * 8),
+        textcoords="offset points",
+        ha="right" if away[0] > 0 else "left",
+        va="top" if away[1] > 0 else "bottom",
+        color=colour,
+        fontsize=9,
+        fontweight="bold",
+        bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": colour, "alpha": 0.9},
+        zorder=6,
+    )
+
+
+def _draw_path(ax: Axes, h: History, colour: str, wl: Limits, bl: Limits) -> None:
+    """One method's per-epoch (w, b) path, clipped with an arrow where it leaves the box."""
+    pts = np.column_stack([h.w, h.b])
+    inside = (
+        drawable(pts).all(axis=1)
+        & (pts[:, 0] >= wl[0])
+        & (pts[:, 0] <= wl[1])
+        & (pts[:, 1] >= bl[0])
+        & (pts[:, 1] <= bl[1])
+    )
+    leaves = not inside.all()
+    keep = int(inside.argmin()) if leaves else len(pts)
+    path = pts[:keep]
+    ax.plot(
+        path[:, 0],
+        path[:, 1],
+        "-o",
+        color=colour,
+        lw=1.6,
+        ms=3.5,
+        zorder=4,
+        markevery=markevery(keep),
+    )
+    if not leaves or keep == 0:
+        return
+    nxt = pts[keep]
+    if drawable(nxt).all():
+        _mark_exit(
+            ax,
+            path[-1],
+            _exit_point(path[-1], nxt, wl, bl),
+            "diverged → off the chart",
+            colour,
+            wl,
+            bl,
+        )
+    else:
+        _mark_exit(ax, path[-1], path[-1], "diverged: overflow to inf/nan", colour, wl, bl)
+
+
+def _surface(ax: Axes, moments: Moments, wl: Limits, bl: Limits) -> None:
+    """Filled, log-spaced contours of the MSE above its floor, with a colour bar."""
+    gw, gb = np.meshgrid(np.linspace(*wl, GRID), np.linspace(*bl, GRID))
+    floor = float(moments.mse(*moments.least_squares()))
+    excess = np.asarray(moments.mse(gw, gb), dtype=np.float64) - floor
+    top = float(excess.max())
+    if not (math.isfinite(top) and top > 0):
+        top = 1.0
+    levels = np.geomspace(top * 1e-5, top, 16)
+    shown = np.clip(excess, levels[0], top)
+    filled = ax.contourf(
+        gw,
+        gb,
+        shown,
+        levels=levels,
+        norm=LogNorm(levels[0], top),
+        cmap="Greys_r",
+        alpha=0.35,
+        zorder=0,
+    )
+    ax.contour(gw, gb, shown, levels=levels, colors="0.5", linewidths=0.5, alpha=0.7, zorder=1)
+    bar = ax.get_figure().colorbar(filled, ax=ax, pad=0.01, fraction=0.04)
+    bar.set_ticks(10.0 ** np.arange(math.ceil(math.log10(levels[0])), math.log10(top) + 1e-9))
+    plain_log_labels(bar.ax.yaxis)
+    bar.set_label("MSE above the least-squares floor", fontsize=8.5)
+    bar.ax.tick_params(labelsize=7.5)
+
+
+def panel_paths(ax: Axes, histories: Sequence[History], moments: Moments) -> None:
+    """Contours of the MSE over (w, b) with each method's per-epoch path."""
+    start = (float(histories[0].w[0]), float(histories[0].b[0]))
+    best = moments.least_squares()
+    wl, bl = _box(histories, start, best)
+    _surface(ax, moments, wl, bl)
+    for i, h in enumerate(histories):
+        _draw_path(ax, h, method_colour(h.method, i), wl, bl)
+    ax.plot(
+        *start,
+        "o",
+        ms=10,
+        mfc="white",
+        mec="black",
+        mew=1.6,
+        zorder=8,
+        ls="none",
+        label=f"start  ({start[0]:.4g}, {start[1]:.4g})",
+    )
+    ax.plot(
+        *best,
+        "*",
+        ms=18,
+        color="gold",
+        mec="black",
+        mew=1.0,
+        zorder=8,
+        ls="none",
+        label=f"least squares  ({best[0]:.4g}, {best[1]:.4g})",
+    )
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2, fontsize=9, frameon=False)
+    ax.set_xlim(*wl)
+    ax.set_ylim(*bl)
+    ax.set_xlabel("slope w")
+    ax.set_ylabel("intercept b")
+    ax.set_title(
+        "Path of (w, b) over the loss surface, one dot per epoch", loc="left", fontweight="bold"
+    )

@@ -1,0 +1,242 @@
+"""The sweep figure: a heat map of step size x batch size, and the best runs' loss curves.
+
+matplotlib is imported here, at the top: the sweep's report step imports this module only
+when it draws the figure.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.patheffects import Normal, Stroke
+from matplotlib.ticker import MaxNLocator
+
+from tasks.history import History
+from tasks.params import Cell, Method
+from tasks.report.style import DPI, log_scale, plain_log_labels
+from tasks.report.sweep_tables import METHOD_WORDS, SWEEP_TITLE, TARGET_FRACTION, GridSummary
+
+FIGSIZE = (15.0, 7.2)
+_DIVERGED = {"facecolor": "0.88", "hatch": "xx", "edgecolor": "0.6"}
+_BEST = {"fill": False, "edgecolor": "#FF2D95", "lw": 2.6}
+
+
+def batch_label(size: int, method: Method, bound: float) -> str:
+    """Heat map column label: batch size, method and its stability bound."""
+    size_text = f"{size:,} (all)" if method is Method.bgd else f"{size:,}"
+    return f"{size_text}\n{METHOD_WORDS[method]}\nbound {bound:.3g}"
+
+
+def _bound_row(bound: float, lrs: list[float]) -> float:
+    """The row edge between the step sizes at or below `bound` and those above it."""
+    return sum(lr <= bound for lr in lrs) - 0.5
+
+
+def _cell_text(summary: GridSummary, i: int, j: int) -> str:
+    if summary.diverged[i, j]:
+        some = f" {summary.diverged[i, j]}/{summary.seeds}" if summary.seeds > 1 else ""
+        return f"diverged{some}"
+    epochs = summary.epochs[i, j]
+    reached = f"{epochs:.0f} ep" if math.isfinite(epochs) else "not reached"
+    return f"{summary.excess[i, j]:.1e}\n{reached}"
+
+
+def _label_cells(ax: Axes, summary: GridSummary, norm: Normalize, lo: float) -> None:
+    """Write each cell's result on it; hatch the diverged ones."""
+    cmap = colormaps["viridis"]
+    rows, cols = summary.excess.shape
+    for i in range(rows):
+        for j in range(cols):
+            if summary.diverged[i, j]:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, **_DIVERGED))
+                colour = "#B00020"
+            else:
+                r, g, b, _ = cmap(norm(max(summary.excess[i, j], lo)))
+                colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.45 else "white"
+            ax.text(
+                j,
+                i,
+                _cell_text(summary, i, j),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color=colour,
+                fontweight="bold" if summary.diverged[i, j] else "normal",
+            )
+
+
+def _mark_best_and_bound(ax: Axes, summary: GridSummary) -> None:
+    """Frame the best step size of each batch size; draw the stability bound across columns."""
+    for j, i in enumerate(summary.best):
+        if i is not None:
+            ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, **_BEST))
+    xs, ys = [], []
+    for j, bound in enumerate(summary.bounds):
+        y = _bound_row(float(bound), summary.lrs)
+        xs += [j - 0.5, j + 0.5]
+        ys += [y, y]
+    ax.plot(
+        xs,
+        ys,
+        color="#D00000",
+        lw=2.4,
+        ls="--",
+        path_effects=[Stroke(linewidth=4.4, foreground="white"), Normal()],
+        label="stability bound (may diverge above)",
+    )
+    ax.legend(
+        handles=[
+            ax.lines[-1],
+            Rectangle((0, 0), 1, 1, **_DIVERGED, label="diverged"),
+            Rectangle(
+                (0, 0), 1, 1, **_BEST, label="best step size per batch size (curves on the right)"
+            ),
+        ],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.16),
+        ncols=3,
+        fontsize=8.5,
+        frameon=False,
+    )
+
+
+def _heat_map(ax: Axes, summary: GridSummary) -> None:
+    """Excess final loss per step size x batch size; diverged cells hatched; bound drawn."""
+    excess = summary.excess
+    shown = excess[np.isfinite(excess)]
+    lo = max(float(shown.min()) if shown.size else 1e-12, 1e-12)
+    hi = max(float(shown.max()) if shown.size else 1.0, lo * 10)
+    norm = LogNorm(lo, hi)
+    image = ax.imshow(
+        np.ma.masked_invalid(np.maximum(excess, lo)),
+        origin="lower",
+        aspect="auto",
+        cmap=colormaps["viridis"],
+        norm=norm,
+        interpolation="nearest",
+    )
+    _label_cells(ax, summary, norm, lo)
+    _mark_best_and_bound(ax, summary)
+    rows, cols = excess.shape
+    labels = [
+        batch_label(s, m, float(bound))
+        for s, m, bound in zip(summary.batch_sizes, summary.methods, summary.bounds, strict=True)
+    ]
+    ax.set_xticks(range(cols), labels, fontsize=8.5)
+    ax.set_yticks(range(rows), [f"{lr:g}" for lr in summary.lrs])
+    ax.set_xlim(-0.5, cols - 0.5)
+    ax.set_ylim(-0.5, rows - 0.5)
+    ax.set_xlabel("batch size (points per update)")
+    ax.set_ylabel("step size")
+    seeds = f"median over {summary.seeds} seeds" if summary.seeds > 1 else "one seed"
+    ax.set_title(
+        f"Final loss above the least-squares floor ({seeds});\n"
+        f"second line: epochs until it is {1 / TARGET_FRACTION:g}× smaller than at the start",
+        loc="left",
+        fontsize=10.5,
+        fontweight="bold",
+    )
+    if shown.size:
+        bar = ax.figure.colorbar(image, ax=ax, pad=0.015, fraction=0.05)
+        plain_log_labels(bar.ax.yaxis)
+        bar.set_label("final MSE − least-squares MSE (log scale)", fontsize=8.5)
+
+
+def _nothing_converged(ax: Axes) -> None:
+    ax.text(
+        0.5,
+        0.5,
+        "every run diverged: no curve to draw",
+        ha="center",
+        transform=ax.transAxes,
+        color="#B00020",
+        fontsize=11,
+        fontweight="bold",
+    )
+    ax.set_axis_off()
+
+
+def _target_line(ax: Axes, target: float) -> None:
+    ax.axhline(target, ls=":", lw=1.4, color="0.3")
+    ax.text(
+        0.01,
+        target,
+        f" target: {1 / TARGET_FRACTION:g}× below the start",
+        transform=ax.get_yaxis_transform(),
+        va="bottom",
+        fontsize=8.5,
+        color="0.3",
+    )
+
+
+def _curves(
+    ax: Axes, summary: GridSummary, curves: dict[int, History], floor: float, seed: int
+) -> None:
+    """Excess loss per epoch of the best step size of each batch size."""
+    if not curves:
+        _nothing_converged(ax)
+        return
+    palette = colormaps["plasma"]
+    for j, size in enumerate(summary.batch_sizes):
+        if size not in curves:
+            continue
+        h = curves[size]
+        excess = h.loss - floor
+        ok = np.isfinite(excess) & (excess > 0)
+        colour = palette(0.85 * j / max(len(summary.batch_sizes) - 1, 1))
+        label = f"batch {size:,} ({METHOD_WORDS[summary.methods[j]]}), step {h.lr:g}"
+        ax.plot(h.epoch[ok], excess[ok], "-o", color=colour, lw=1.8, ms=3, label=label)
+    missing = [s for s in summary.batch_sizes if s not in curves]
+    if missing:
+        ax.plot([], [], " ", label=f"batch {', '.join(map(str, missing))}: every step diverged")
+    _target_line(ax, TARGET_FRACTION * (next(iter(curves.values())).loss[0] - floor))
+    log_scale(ax, "y")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0, max(h.epochs for h in curves.values()))
+    ax.set_xlabel("epoch (full passes over the data)")
+    ax.set_ylabel("MSE − least-squares MSE (log scale)")
+    ax.set_title(
+        f"Loss per epoch at the best step size of each batch size (seed {seed})",
+        loc="left",
+        fontsize=10.5,
+        fontweight="bold",
+    )
+    ax.grid(True, which="major", alpha=0.35)
+    ax.legend(fontsize=8.5, loc="upper right", framealpha=0.9)
+
+
+def best_curves(
+    cells: Sequence[Cell], histories: Sequence[History], summary: GridSummary, seed: int
+) -> dict[int, History]:
+    """Per batch size, the history of its best step size on the data set of `seed`."""
+    best = {
+        size: summary.lrs[i]
+        for size, i in zip(summary.batch_sizes, summary.best, strict=True)
+        if i is not None
+    }
+    return {
+        c.batch_size: h
+        for c, h in zip(cells, histories, strict=True)
+        if c.seed == seed and best.get(c.batch_size) == c.lr
+    }
+
+
+def build_sweep_figure(
+    summary: GridSummary, curves: dict[int, History], floor: float, seed: int, caption: str
+) -> Figure:
+    """Heat map of the grid (left) and the best runs' loss curves on one seed (right)."""
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    fig.suptitle(SWEEP_TITLE, fontsize=15, fontweight="bold")
+    ax_map, ax_curves = fig.subplots(1, 2, width_ratios=[1.25, 1.0])
+    _heat_map(ax_map, summary)
+    _curves(ax_curves, summary, curves, floor, seed)
+    fig.supxlabel("\n".join(textwrap.wrap(caption, 200)), fontsize=9, color="0.3")
+    return fig

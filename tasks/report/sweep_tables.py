@@ -1,0 +1,234 @@
+"""The sweep's tables: one row per cell, the grid folded over seeds, the best step size per
+batch size, its markdown artifact and the all-histories Parquet batches."""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tasks.history import History, MethodResult
+from tasks.params import Cell, Method, SweepParams
+from tasks.stats import Moments
+
+SWEEP_TITLE = "Step size × batch size: where gradient descent converges, and how close it gets"
+SWEEP_KEY = "gd-sweep"  # the markdown artifact
+CELLS_KEY = "gd-sweep-cells"  # the table artifact of every cell
+# A run reaches its target once its loss above the least-squares floor is this fraction
+# of what it was at the start.
+TARGET_FRACTION = 1e-3
+METHOD_WORDS = {Method.sgd: "SGD", Method.bgd: "BGD", Method.minibatch: "mini-batch"}
+HISTORY_SCHEMA = pa.schema(
+    [
+        ("seed", pa.int64()),
+        ("method", pa.string()),
+        ("lr", pa.float64()),
+        ("batch_size", pa.int64()),
+        ("epoch", pa.int64()),
+        ("loss", pa.float64()),
+        ("w", pa.float64()),
+        ("b", pa.float64()),
+        ("updates", pa.int64()),
+        ("diverged", pa.bool_()),
+    ]
+)
+
+
+def floor_loss(moments: Moments) -> float:
+    """The least-squares MSE of a data set: no step size can go below it."""
+    return float(moments.mse(*moments.least_squares()))
+
+
+def epochs_to_target(history: History, floor: float) -> int | None:
+    """First epoch whose excess loss is TARGET_FRACTION of the starting one; None if never."""
+    if history.diverged:
+        return None
+    excess = history.loss - floor
+    hit = np.flatnonzero(np.isfinite(excess) & (excess <= TARGET_FRACTION * excess[0]))
+    return int(history.epoch[hit[0]]) if hit.size else None
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def cell_rows(
+    cells: Sequence[Cell],
+    results: Sequence[MethodResult],
+    histories: Sequence[History],
+    floors: dict[int, float],
+) -> list[dict[str, Any]]:
+    """One JSON-safe row per cell (non-finite numbers become None); `floors` by seed."""
+    rows = []
+    for cell, r, h in zip(cells, results, histories, strict=True):
+        floor = floors[cell.seed]
+        rows.append(
+            {
+                "seed": cell.seed,
+                "batch_size": cell.batch_size,
+                "method": cell.method.value,
+                "lr": cell.lr,
+                "final_loss": _finite_or_none(r.final_loss),
+                "excess_loss": _finite_or_none(r.final_loss - floor),
+                "epochs_to_target": epochs_to_target(h, floor),
+                "w": _finite_or_none(r.final_w),
+                "b": _finite_or_none(r.final_b),
+                "diverged": r.diverged,
+                "stability_bound": r.stability_bound,
+                "updates": r.updates,
+                "wall_time_s": r.wall_time_s,
+            }
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class GridSummary:
+    """The grid folded over seeds: arrays are indexed [step size, batch size]."""
+
+    lrs: list[float]
+    batch_sizes: list[int]
+    methods: list[Method]
+    seeds: int
+    excess: np.ndarray  # median excess loss over seeds; nan where any seed diverged
+    diverged: np.ndarray  # how many seeds diverged
+    epochs: np.ndarray  # median epochs to the target; nan where some seed never got there
+    bounds: np.ndarray  # per batch size: median stability bound over seeds
+    best: list[int | None]  # per batch size: index of the best step size, None if all diverged
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> GridSummary:
+    """Fold the per-cell rows over seeds into the heat map's arrays."""
+    lrs = sorted({r["lr"] for r in rows})
+    sizes = sorted({r["batch_size"] for r in rows})
+    methods = {r["batch_size"]: Method(r["method"]) for r in rows}
+    seeds = len({r["seed"] for r in rows})
+    by_cell: dict[tuple[float, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_cell[r["lr"], r["batch_size"]].append(r)
+    excess = np.full((len(lrs), len(sizes)), np.nan)
+    diverged = np.zeros((len(lrs), len(sizes)), dtype=np.int64)
+    epochs = np.full((len(lrs), len(sizes)), np.nan)
+    bounds = np.zeros(len(sizes))
+    for i, lr in enumerate(lrs):
+        for j, size in enumerate(sizes):
+            mine = by_cell[lr, size]
+            diverged[i, j] = sum(r["diverged"] for r in mine)
+            if diverged[i, j] == 0:
+                excess[i, j] = np.median([max(r["excess_loss"], 0.0) for r in mine])
+            reached = [r["epochs_to_target"] for r in mine]
+            if None not in reached:
+                epochs[i, j] = np.median(reached)
+            bounds[j] = np.median([r["stability_bound"] for r in mine])
+    best: list[int | None] = []
+    for j in range(len(sizes)):
+        column = excess[:, j]
+        best.append(int(np.nanargmin(column)) if np.isfinite(column).any() else None)
+    return GridSummary(
+        lrs, sizes, [methods[s] for s in sizes], seeds, excess, diverged, epochs, bounds, best
+    )
+
+
+def best_rows(summary: GridSummary) -> list[dict[str, Any]]:
+    """Per batch size: the best step size (median over seeds) and what it reached."""
+    best = []
+    for j, size in enumerate(summary.batch_sizes):
+        i = summary.best[j]
+        epochs = summary.epochs[i, j] if i is not None else math.nan
+        best.append(
+            {
+                "batch_size": size,
+                "method": summary.methods[j].value,
+                "best_lr": None if i is None else summary.lrs[i],
+                "excess_loss": None if i is None else float(summary.excess[i, j]),
+                "epochs_to_target": float(epochs) if math.isfinite(epochs) else None,
+                "stability_bound": float(summary.bounds[j]),
+                "diverged_lrs": [lr for k, lr in enumerate(summary.lrs) if summary.diverged[k, j]],
+            }
+        )
+    return best
+
+
+def sweep_caption(params: SweepParams) -> str:
+    """The sweep figure's caption: the data sets, the grid and the training settings."""
+    many = len(params.seeds) > 1
+    seeds = ("seeds " if many else "seed ") + ", ".join(str(s) for s in params.seeds)
+    order = "shuffled each epoch" if params.shuffle else "in stored order"
+    return (
+        f"n = {params.n_samples:,} points, noise σ = {params.noise_std:g}, {seeds} · "
+        f"{params.epochs} epochs from (w, b) = ({params.w0:g}, {params.b0:g}) · "
+        f"{len(params.lrs)} step sizes × {len(params.batch_sizes)} batch sizes × "
+        f"{len(params.seeds)} seed{'s' if many else ''} · "
+        f"points {order} · {params.dtype}, {params.engine} engine"
+    )
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
+def sweep_markdown(
+    best: Sequence[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
+    png: bytes,
+    caption: str,
+    histories_file: str,
+) -> str:
+    """Markdown artifact: caption, embedded figure, best step size per batch size, files."""
+    image = base64.b64encode(png).decode("ascii")
+    diverged = sum(r["diverged"] for r in rows)
+    lines = [
+        f"# {SWEEP_TITLE}",
+        "",
+        caption,
+        "",
+        f"![sweep](data:image/png;base64,{image})",
+        "",
+        "| Batch size | Method | Best step size | Final loss − floor | Epochs to target "
+        "| Stability bound | Diverged at step sizes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {b['batch_size']:,} | {b['method']} | {_number(b['best_lr'])} "
+        f"| {_number(b['excess_loss'])} | {_number(b['epochs_to_target'])} "
+        f"| {b['stability_bound']:.4g} "
+        f"| {', '.join(f'{lr:g}' for lr in b['diverged_lrs']) or 'none'} |"
+        for b in best
+    ]
+    lines += [
+        "",
+        f"**{diverged} of {len(rows)} runs diverged.** Target: the loss above the least-squares "
+        f"floor falls to {TARGET_FRACTION:g} of its starting value.",
+        "",
+        f"Every run: table artifact `{CELLS_KEY}`. Every epoch of every run: `{histories_file}`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def history_batches(
+    cells: Sequence[Cell], histories: Sequence[History]
+) -> Iterator[pa.RecordBatch]:
+    """One record batch (of HISTORY_SCHEMA) per cell: its per-epoch history tagged with it."""
+    for cell, h in zip(cells, histories, strict=True):
+        rows = h.epoch.shape[0]
+        yield pa.record_batch(
+            [
+                pa.array(np.full(rows, cell.seed, dtype=np.int64)),
+                pa.array([cell.method.value] * rows, pa.string()),
+                pa.array(np.full(rows, cell.lr)),
+                pa.array(np.full(rows, cell.batch_size, dtype=np.int64)),
+                pa.array(h.epoch),
+                pa.array(h.loss),
+                pa.array(h.w),
+                pa.array(h.b),
+                pa.array(h.updates),
+                pa.array(np.full(rows, bool(h.diverged))),
+            ],
+            schema=HISTORY_SCHEMA,
+        )

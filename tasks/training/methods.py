@@ -1,0 +1,158 @@
+"""Training one method: pick the engine, time it, and judge the run's divergence."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from tasks.history import History
+from tasks.params import Method, MethodSpec
+from tasks.stats import Moments
+from tasks.stats import moments as compute_moments
+from tasks.training.divergence import bound_formula, divergence_reason, stability_bound
+from tasks.training.fast import Trace, batch_lambda_max, train_fast
+from tasks.training.kernels import warm_up
+from tasks.training.visits import (
+    Chunk,
+    Visits,
+    array_visits,
+    epoch_order,
+    stream_visits,
+    streams_rows,
+)
+
+# Progress goes out about every tenth of the epochs, and at least this often while work goes on.
+PROGRESS_SECONDS = 2.0
+
+Progress = Callable[[int, float], None]
+
+
+class _Ticker:
+    """Passes progress on about every tenth of the epochs and at least every PROGRESS_SECONDS."""
+
+    def __init__(self, progress: Progress | None, epochs: int) -> None:
+        self.progress = progress
+        self.epochs = epochs
+        self.stride = max(1, epochs // 10)
+        self.next = self.stride
+        self.last = time.monotonic()
+        self.spent = 0.0  # seconds spent in `progress`, kept out of the training time
+
+    def __call__(self, epoch: int, loss: float) -> None:
+        now = time.monotonic()
+        due = epoch >= self.next or epoch == self.epochs or now - self.last >= PROGRESS_SECONDS
+        if self.progress is not None and due:
+            self.next = (epoch // self.stride + 1) * self.stride
+            self.progress(epoch, loss)
+            self.last = time.monotonic()
+            self.spent += self.last - now
+
+
+def _history(
+    spec: MethodSpec,
+    trace: Trace,
+    wall_time: float,
+    stats: Moments,
+    batch_lambda: float | None,
+) -> History:
+    loss, w, b, updates = trace
+    bound = stability_bound(spec, stats, batch_lambda)
+    reason = divergence_reason(loss, spec, bound)
+    return History(
+        method=spec.method.value,
+        epoch=np.arange(spec.epochs + 1, dtype=np.int64),
+        loss=loss,
+        w=w,
+        b=b,
+        updates=updates,
+        diverged=reason is not None,
+        reason=reason,
+        stability_bound=bound,
+        lr=spec.lr,
+        engine=spec.engine,
+        dtype=spec.dtype,
+        compute_dtype=spec.dtype if spec.engine == "reference" else "float64",
+        extra={"stability_bound_formula": bound_formula(spec)},
+        wall_time_s=wall_time,
+    )
+
+
+def train_visits(
+    visits: Visits,
+    spec: MethodSpec,
+    stats: Moments,
+    progress: Progress | None = None,
+    dtype: str = "float32",
+    batch_lambda: float | None = None,
+) -> History:
+    """Train one method with the fast engine on data of any size, as `visits` serves it.
+
+    Mini-batch descent on shuffled visits needs `batch_lambda` (see stability_bound). The wall
+    time covers every pass over the data and the epochs; compiling the kernels (for data of
+    `dtype`) comes before the clock starts, and time spent in `progress` is left out.
+    """
+    if spec.engine != "fast":
+        raise ValueError(f"the {spec.engine} engine needs the data in memory: use train()")
+    warm_up(dtype)
+    tick = _Ticker(progress, spec.epochs)
+    start = time.perf_counter()
+    trace, found = train_fast(visits, spec, stats, tick if progress else None)
+    wall_time = time.perf_counter() - start - tick.spent
+    lam = found if found is not None else batch_lambda
+    return _history(spec, trace, wall_time, stats, lam)
+
+
+def train_stored(
+    rows: int,
+    read: Callable[[], Iterable[Chunk]],
+    load: Callable[[], tuple[np.ndarray, np.ndarray]],
+    spec: MethodSpec,
+    stats: Moments,
+    progress: Progress | None = None,
+) -> History:
+    """Train on a stored data set of `rows` rows: streamed pass by pass through `read` where
+    streams_rows says so, else held in memory as `load` gives it."""
+    if streams_rows(rows, spec):
+        return train_visits(stream_visits(rows, read), spec, stats, progress)
+    x, y = load()
+    return train(x, y, spec, stats, progress)
+
+
+def in_order_batch_lambda(x: np.ndarray, y: np.ndarray, spec: MethodSpec) -> float:
+    """The largest batch λmax over the batches of (x, y) in stored order."""
+    warm_up(str(x.dtype))
+    return batch_lambda_max([(x, y)], x.shape[0], spec)
+
+
+def train(
+    x: np.ndarray,
+    y: np.ndarray,
+    spec: MethodSpec,
+    moments: Moments | None = None,
+    progress: Progress | None = None,
+) -> History:
+    """Train one method on in-memory (x, y) in spec.dtype and return its per-epoch history.
+
+    `progress(epoch, loss)` hears about every tenth of the epochs, and at least every
+    PROGRESS_SECONDS while epochs finish, with the full-data loss after `epoch` epochs. The
+    reference engine's wall time covers its epochs only.
+    """
+    stats = moments if moments is not None else compute_moments(x, y)
+    shuffled = spec.shuffle and spec.method is not Method.bgd
+    needs_lambda = spec.method is Method.minibatch and (shuffled or spec.engine == "reference")
+    batch_lambda = in_order_batch_lambda(x, y, spec) if needs_lambda else None
+    if spec.engine == "fast":
+        visits = array_visits(x, y, spec)
+        return train_visits(visits, spec, stats, progress, str(x.dtype), batch_lambda)
+    # torch: imported only when the reference engine trains (a second of start-up otherwise)
+    from tasks.training.reference import check_device, train_reference
+
+    check_device(spec.device)
+    order = (lambda e: epoch_order(x.shape[0], spec.shuffle_seed, e)) if shuffled else None
+    tick = _Ticker(progress, spec.epochs)
+    start = time.perf_counter()
+    trace = train_reference(x, y, spec, order, spec.device, tick if progress else None)
+    wall_time = time.perf_counter() - start - tick.spent
+    return _history(spec, trace, wall_time, stats, batch_lambda)

@@ -1,0 +1,122 @@
+"""The sweep flow on threads and on a real Dask cluster of worker processes, and its runners."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from distributed import Client, LocalCluster, get_task_stream
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter
+
+from flows.comparison import gd_comparison
+from flows.sweep import gd_sweep, run_sweep, task_runner
+from tasks.errors import InputError
+from tasks.params import RunParams, SweepParams
+from tasks.report.sweep_tables import CELLS_KEY, SWEEP_KEY
+
+SMALL = {"lrs": [0.01, 0.02, 0.1], "batch_sizes": [1, 10, "n"], "seeds": [0]}
+
+
+# --- runners ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({"workers": 2}, "--dask-workers"),
+        ({"dask": True, "workers": 0}, "at least 1"),
+        ({"address": "127.0.0.1:8786"}, "tcp://HOST:PORT"),
+        ({"address": "tcp://127.0.0.1:1"}, "no Dask scheduler answers"),
+    ],
+)
+def test_bad_runner_options_are_refused(kwargs: dict[str, Any], problem: str) -> None:
+    with pytest.raises(InputError, match=problem):
+        task_runner(**kwargs)
+
+
+# --- the flow ---------------------------------------------------------------------------
+
+
+def _task_states(state: Any) -> dict[str, str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]})
+        )
+    return {r.name: r.state.name for r in runs}
+
+
+def _newest_artifact(key: str) -> Any:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+    return max(found, key=lambda a: a.created)
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_sweep_reuses_the_cells_a_run_computed_and_publishes_its_report(tmp_path) -> None:
+    assert gd_comparison(params=RunParams(data_dir=str(tmp_path)), return_state=True).is_completed()
+    state = gd_sweep(params=SweepParams(data_dir=str(tmp_path), **SMALL), return_state=True)
+    assert state.is_completed(), state.message
+    states = _task_states(state)
+    # the defaults of `gdflow run`: bgd 0.1, sgd 0.01, mini-batch 0.02 in batches of 10
+    same_as_run = {"train-b1-lr0.01-seed0", "train-b10-lr0.02-seed0", "train-b100-lr0.1-seed0"}
+    trains = {name: s for name, s in states.items() if name.startswith("train-")}
+    assert len(trains) == 9
+    assert {trains[name] for name in same_as_run} == {"Cached"}
+    assert {s for name, s in trains.items() if name not in same_as_run} == {"Completed"}
+    assert states["generate-n100-seed0"] == "Cached"
+
+    result = state.result().model_dump()
+    assert (result["cells"], result["cached"], result["diverged"]) == (9, 3, 1)
+    assert Path(result["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    histories = pq.read_table(result["histories"])
+    assert histories.num_rows == 9 * 21
+    assert {"seed", "method", "lr", "batch_size", "epoch", "loss", "w", "b", "diverged"} <= set(
+        histories.column_names
+    )
+    table = histories.to_pydict()
+    rows = zip(table["batch_size"], table["lr"], table["diverged"], strict=True)
+    assert {(size, lr) for size, lr, diverged in rows if diverged} == {(1, 0.1)}
+    best = {b["batch_size"]: b["best_lr"] for b in result["best"]}
+    assert best == {1: 0.02, 10: 0.02, 100: 0.1}
+
+    markdown = _newest_artifact(SWEEP_KEY)
+    assert markdown.type == "markdown"
+    assert "data:image/png;base64," in markdown.data
+    cells = json.loads(_newest_artifact(CELLS_KEY).data)
+    assert len(cells) == 9
+    assert {c["method"] for c in cells} == {"sgd", "minibatch", "bgd"}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_sweep_on_a_dask_cluster_of_two_worker_processes(tmp_path) -> None:
+    params = SweepParams(
+        data_dir=str(tmp_path), lrs=[0.01, 0.05], batch_sizes=[1, "n"], seeds=[0, 1]
+    )
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        runner = task_runner(address=cluster.scheduler_address)
+        with get_task_stream(client) as stream:
+            state = run_sweep(params, runner)
+    assert state.is_completed(), state.message
+    on_dask = state.result().model_dump()
+    assert on_dask["cells"] == 8
+    workers = {t["worker"] for t in stream.data if "train_method" in t["key"]}
+    assert len(workers) >= 2, workers
+
+    # the workers wrote to the shared cache: the same sweep on threads reuses every cell
+    again = run_sweep(params, task_runner())
+    assert again.is_completed(), again.message
+    on_threads = again.result().model_dump()
+    assert on_threads["cached"] == 8
+    assert on_threads["best"] == on_dask["best"]
