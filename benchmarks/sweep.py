@@ -24,12 +24,13 @@ from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
-from tasks.dataset import write_dataset
-from tasks.fitting import fit
-from tasks.sweeping import grid
 
 from flows.sweep import run_sweep, task_runner
-from tasks.params import SweepParams
+from tasks.data.dataset import DatasetRef, load_columns
+from tasks.data.synthetic import write_synthetic
+from tasks.history import write_history
+from tasks.params import MethodSpec, SweepParams
+from tasks.training.methods import train
 
 # 10 step sizes x 5 batch sizes x 4 seeds = 200 cells
 GRID: dict[str, Any] = {
@@ -43,12 +44,18 @@ def _load() -> str:
     return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+def fit(dataset: DatasetRef, spec: MethodSpec, target: Path) -> None:
+    """What a cell's training task does, without Prefect: load, train, store the history."""
+    x, y = load_columns(dataset.file)
+    write_history(train(x, y, spec, dataset.stats()), target, {})
+
+
 def compute_only(params: SweepParams, root: Path) -> float:
     """Seconds to fit every cell in one plain loop (data read, training, history written)."""
     datasets = {
-        s: write_dataset(params.data_spec(s), root / f"data-{s}.parquet") for s in params.seeds
+        s: write_synthetic(params.data_spec(s), root / f"data-{s}.parquet") for s in params.seeds
     }
-    cells = grid(params)
+    cells = params.cells()
     warm = cells[0]  # loads the compiled kernels, as each worker does once
     fit(datasets[warm.seed], params.method_spec(warm.lr, warm.batch_size), root / "warm.parquet")
     start = time.perf_counter()
@@ -83,8 +90,7 @@ def timed_sweep(params: SweepParams, workers: int) -> tuple[float, float]:
     wall = time.perf_counter() - start
     if not state.is_completed():
         raise SystemExit(f"the sweep ended {state.name}: {state.message}")
-    result = state.result()
-    if result["cached"]:
+    if state.result().cached:
         raise SystemExit("cells came from the cache: the measurement needs an empty data dir")
     return wall, training_window(state)
 
@@ -106,7 +112,7 @@ def main() -> None:
     counts = [int(w) for w in args.workers.split(",")]
 
     base = SweepParams(n_samples=args.rows, shuffle=args.shuffle, **GRID)
-    cells = len(grid(base))
+    cells = len(base.cells())
     order = "shuffled" if args.shuffle else "in stored order"
     print(f"grid: {cells} cells at {args.rows:,} rows, {order}; {os.cpu_count()} cores; {_load()}")
     compute = compute_only(base, root / "plain")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from tasks.data.synthetic import generate
-from tasks.params import DataSpec, Method, MethodSpec, RunParams
+from tasks.params import Method, MethodSpec, RunParams, SharedParams
 from tasks.stats import Moments, moments
 from tasks.training.methods import train
 
@@ -179,7 +179,7 @@ def sum_pass(x: np.ndarray, y: np.ndarray) -> float:
 
 def measure(n: int, anchors: dict[str, float]) -> tuple[list[Row], dict[str, float]]:
     """Every row for one size, plus the facts the ratios need."""
-    x, y = generate(DataSpec(n_samples=n))
+    x, y = generate(SharedParams(n_samples=n).data_spec_for(0))
     stats = moments(x, y)
     lr = DEFAULTS.sgd_lr
     rows = ours(x, y, stats)
@@ -242,7 +242,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = (1_000_000,) if args.quick else SIZES
 
-    small_x, small_y = generate(DataSpec(n_samples=ANCHOR_ROWS))
+    small_x, small_y = generate(SharedParams(n_samples=ANCHOR_ROWS).data_spec_for(0))
     train(small_x, small_y, method_spec(Method.sgd, 1, ANCHOR_ROWS))  # compile the kernels
     anchors = {
         "autograd": autograd_rate(small_x, small_y, DEFAULTS.sgd_lr),

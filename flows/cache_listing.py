@@ -68,10 +68,8 @@ def _entry(area: str, paths: list[Path]) -> Entry:
 
 def _files(area: str, folder: Path) -> list[Entry]:
     """Entries of a folder of files: a file with its manifest is one entry."""
-    if not folder.is_dir():
-        return []
     entries = []
-    for path in sorted(folder.iterdir()):
+    for path in sorted(folder.glob("*")):  # none where the folder is missing
         if _TEMP.match(path.name):
             entries.append(_entry(INTERRUPTED, [path]))
         elif path.name.endswith(MANIFEST_SUFFIX):
@@ -84,19 +82,13 @@ def _files(area: str, folder: Path) -> list[Entry]:
     return entries
 
 
-def _reports(folder: Path) -> list[Entry]:
-    if not folder.is_dir():
-        return []
-    return [_entry("reports", [p]) for p in sorted(folder.iterdir()) if p.is_dir()]
-
-
 def collect(data_dir: Path) -> list[Entry]:
     """Everything gdflow cached or produced under `data_dir`, as removable entries."""
     return [
         *_files("cache records", cache_dir(data_dir)),
         *_files("datasets", datasets_dir(data_dir)),
         *_files("histories", histories_dir(data_dir)),
-        *_reports(reports_dir(data_dir)),
+        *(_entry("reports", [p]) for p in sorted(reports_dir(data_dir).glob("*")) if p.is_dir()),
     ]
 
 
@@ -132,7 +124,7 @@ def format_size(size: int) -> str:
 
 def format_age(seconds: float) -> str:
     """An age in its largest whole unit: 45s, 12m, 3h, 10d, 2w."""
-    for unit, length in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= length:
-            return f"{seconds / length:.0f}{unit}"
+    for unit in "wdhm":
+        if seconds >= _UNITS[unit]:
+            return f"{seconds / _UNITS[unit]:.0f}{unit}"
     return f"{seconds:.0f}s"

@@ -1,10 +1,9 @@
 """The `gdflow` command line: run, sweep, serve, server and cache.
 
-The options of `run`, `sweep` and `serve` are the fields of RunParams and SweepParams: cyclopts
-names them and writes their help and defaults from the models. A command receives only the
-options the user gave and validates them with its model, so a preset fills in every field that
-was not given. Prefect is imported inside the commands, after main() has set its environment
-defaults; a request refused for its options never waits for that import (2.5 s).
+The options of `run`, `sweep` and `serve` are the fields of RunParams and SweepParams, named and
+documented by cyclopts from the models; a command validates only the options given, so a preset
+fills in the rest. Prefect is imported inside the commands, after main() sets its environment
+defaults: a request refused for its options never waits for that import (2.5 s).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from flows.cache_listing import Area, collect, format_age, format_size, parse_age, remove, summarize
+from flows.cache_listing import collect, format_age, format_size, parse_age, remove, summarize
 from flows.preflight import (
     check_run,
     check_sweep,
@@ -92,18 +91,15 @@ def _error(message: str) -> None:
 
 
 def _finish(state: Any, what: str, as_json: bool, show: Callable[[Any, str], None]) -> int:
-    """Print a finished flow run's result (JSON, or `show(result, title)`); return the exit code.
-
-    A run that did not complete is one line saying why, in the JSON object under --json.
-    """
+    """Print a finished flow run's result (JSON, or `show(result, title)`), or the one line
+    saying why it did not complete; return the exit code."""
     run = {"id": str(state.state_details.flow_run_id), "state": state.name}
     if not state.is_completed():
         error = explain_failure(state.result(raise_on_failure=False))
         error = error or BrokenEnvironment(f"the {what} ended {state.name}: {state.message}")
-        if as_json:
-            print(json.dumps({"flow_run": run, "error": str(error)}))
-        else:
-            _error(str(error))
+        if not as_json:
+            raise error  # the one line of run_command
+        print(json.dumps({"flow_run": run, "error": str(error)}))
         return error.exit_code
     result = state.result()
     name = result.flow_run_name
@@ -132,21 +128,19 @@ def _print_run(result: Any, title: str, table_of: str | None) -> None:
         if m.diverged:
             out.print(Text.assemble((f"{name} diverged:", "red"), f" {m.reason}"), soft_wrap=True)
     out.print(Text(f"Figure: {result.figure}"), soft_wrap=True)
-    if table_of:
-        _print_tutorial_table(result.methods[table_of].history, table_of)
-
-
-def _print_tutorial_table(history: str, method: str) -> None:
-    """A method's history as the tutorial prints it: epoch, loss at its start, w and b after."""
-    # pyarrow, loaded here: a request refused for its options never waits for it (0.3 s)
+    if not table_of:
+        return
+    # The tutorial's table of one method. pyarrow, loaded here: a request refused for its
+    # options never waits for it (0.3 s).
     from tasks.history import read_history
     from tasks.storage import read_manifest
 
+    history = result.methods[table_of].history
     record = read_manifest(Path(history))
     if record is None:
-        raise BrokenEnvironment(f"the history of {method} is gone from {history}; run again")
+        raise BrokenEnvironment(f"the history of {table_of} is gone from {history}; run again")
     h = read_history(record)
-    print(f"{method}: epoch, loss at its start, w and b at its end")
+    print(f"{table_of}: epoch, loss at its start, w and b at its end")
     for i in range(h.epochs):
         print(f"{i}, {float(h.loss[i])!r}, {float(h.w[i + 1])!r}, {float(h.b[i + 1])!r}")
 
@@ -170,11 +164,11 @@ def run(
         raise InputError(f"--table {table}: that method is not being run; pick one of --methods")
     check_run(params)
     from flows.comparison import gd_comparison
-    from flows.serving import check_server, describe_target
+    from flows.serving import describe_target
 
-    check_server()
+    target = describe_target()
     if not as_json:
-        _note(f"Running gd-comparison on {describe_target()} ...")
+        _note(f"Running gd-comparison on {target} ...")
     quiet_known_tracebacks()
     state = gd_comparison(params=params, return_state=True)
     return _finish(state, "run", as_json, lambda result, title: _print_run(result, title, table))
@@ -185,11 +179,8 @@ def _runs(count: int) -> str:
 
 
 def _print_sweep(result: Any, title: str) -> None:
-    table = Table(
-        title=f"gd-sweep · {title} · best step size per batch size",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-    )
+    title = f"gd-sweep · {title} · best step size per batch size"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     columns = ("batch", "method", "best step", "loss − floor", "epochs to target", "bound")
     for column in (*columns, "diverged at"):
         table.add_column(column, justify="left" if column == "method" else "right")
@@ -237,17 +228,17 @@ def sweep(
     Lists are comma-separated: --lrs 0.01,0.02 --batch-sizes 1,10,n --seeds 0,1.
     """
     params = params_from_options(SweepParams, given, "sweep")
-    from flows.serving import check_server, describe_target
+    from flows.serving import describe_target
     from flows.sweep import run_sweep, task_runner
 
     runner = task_runner(dask, dask_address, dask_workers)
     check_sweep(params)
-    check_server()
+    target = describe_target()
     if not as_json:
         where = "a new local Dask cluster" if dask else "threads of this process"
         where = f"the Dask cluster at {dask_address}" if dask_address else where
         cells = _runs(len(params.cells()))
-        _note(f"Running gd-sweep ({cells} on {where}) on {describe_target()} ...")
+        _note(f"Running gd-sweep ({cells} on {where}) on {target} ...")
     quiet_known_tracebacks()
     return _finish(run_sweep(params, runner), "sweep", as_json, _print_sweep)
 
@@ -285,19 +276,6 @@ def server(
     return run_server(host, port)
 
 
-def _print_cache(title: str, areas: dict[str, Area]) -> None:
-    table = Table(box=box.SIMPLE_HEAD)
-    for column in ("area", "entries", "size", "oldest"):
-        table.add_column(column, justify="left" if column == "area" else "right")
-    for name, a in areas.items():
-        table.add_row(name, f"{a.entries:,}", format_size(a.bytes), format_age(a.oldest_s))
-    total = sum(a.bytes for a in areas.values())
-    table.add_row("total", f"{sum(a.entries for a in areas.values()):,}", format_size(total), "")
-    out = _stdout()
-    out.print(Text(title), soft_wrap=True)  # a long data directory stays on one line
-    out.print(table)
-
-
 @app.command
 def cache(
     *,
@@ -327,18 +305,24 @@ def cache(
     title = f"{'Removed from' if clear else 'Cached in'} {root}{scope}"
     if not chosen:
         print(f"{title}: nothing")
-    else:
-        _print_cache(title, areas)
+        return 0
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("area", "entries", "size", "oldest"):
+        table.add_column(column, justify="left" if column == "area" else "right")
+    for name, a in areas.items():
+        table.add_row(name, f"{a.entries:,}", format_size(a.bytes), format_age(a.oldest_s))
+    table.add_row("total", f"{len(chosen):,}", format_size(sum(e.size for e in chosen)), "")
+    out = _stdout()
+    out.print(Text(title), soft_wrap=True)  # a long data directory stays on one line
+    out.print(table)
     return 0
 
 
 def describe_usage_error(exc: CycloptsError) -> str:
     """One line for a command line cyclopts could not parse, pointing to the command's help."""
     if isinstance(exc, UnusedCliTokensError) and exc.unused_tokens:
-        unexpected = " ".join(exc.unused_tokens)
-        message = (
-            f"unexpected {unexpected!r}: an option takes one value (lists: a,b,c), a flag none"
-        )
+        tokens = " ".join(exc.unused_tokens)
+        message = f"unexpected {tokens!r}: an option takes one value (lists: a,b,c), a flag none"
     else:
         message = " ".join(str(exc).split()).rstrip(".")
     command = " ".join(["gdflow", *(exc.command_chain or [])])

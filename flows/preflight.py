@@ -24,38 +24,38 @@ _DATA_ROW_BYTES = 8  # one point of a data set: float32 x and y
 Params = TypeVar("Params", bound=BaseModel)
 
 
-def describe_error(exc: ValidationError, command: str) -> str:
-    """One line for the first thing pydantic refused, naming the option and the fix."""
-    first = exc.errors()[0]
-    message = str(first["msg"]).removeprefix("Value error, ")
-    see = f"see `gdflow {command} --help`"
-    if not first["loc"]:  # a check across fields: its message names them
-        return message if "; " in message else f"{message}; {see}"
-    got = first.get("input")
-    shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
-    option = "--" + str(first["loc"][0]).replace("_", "-")
-    return f"invalid {option}: {message}{shown}; {see}"
-
-
 def params_from_options(model: type[Params], given: dict[str, Any] | None, command: str) -> Params:
-    """The parameters of `gdflow COMMAND` from the options the user gave (a dict by field name):
-    presets and defaults fill in the rest. An option refused is an InputError naming it."""
+    """The parameters of `gdflow COMMAND` from the options given (a dict by field name); presets
+    and defaults fill in the rest. The first option refused is an InputError naming the fix."""
     try:
         return model.model_validate(given or {})
     except ValidationError as exc:
-        raise InputError(describe_error(exc, command)) from None
+        first = exc.errors()[0]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    see = f"see `gdflow {command} --help`"
+    if not first["loc"]:  # a check across fields: its message names them
+        raise InputError(message if "; " in message else f"{message}; {see}")
+    got = first.get("input")
+    shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+    option = "--" + str(first["loc"][0]).replace("_", "-")
+    raise InputError(f"invalid {option}: {message}{shown}; {see}")
 
 
 def check_run(params: RunParams) -> None:
     """Refuse, before any work, a run whose data file, data directory or device cannot serve it."""
     data_dir = resolve_data_dir(params.data_dir)
-    new_rows = _check_data_file(params) if params.data else _rows_to_draw(params, data_dir)
+    if params.data:
+        # pyarrow, loaded here: a request refused for its options never waits for it (0.3 s)
+        from tasks.data.userfile import check_values, inspect_source
+
+        # the file's footer, the batch size against its rows, then every value
+        new_rows = inspect_source(params.data, params.x_col, params.y_col).rows
+        params.check_rows(new_rows)
+        check_values(params.data, params.x_col, params.y_col)
+    else:
+        new_rows = 0 if _on_disk(data_dir, params.data_spec()) else params.n_samples
     history_rows = len(params.methods) * (params.epochs + 1)
-    check_data_dir(
-        data_dir,
-        new_rows * _DATA_ROW_BYTES + history_rows * _HISTORY_ROW_BYTES + _REPORT_BYTES,
-    )
-    _check_device(params.device)
+    _check_machine(data_dir, new_rows, history_rows, params.device)
 
 
 def check_sweep(params: SweepParams) -> None:
@@ -64,38 +64,19 @@ def check_sweep(params: SweepParams) -> None:
     missing = [s for s in params.seeds if not _on_disk(data_dir, params.data_spec(s))]
     # every cell's history, and again in the sweep's combined histories file
     history_rows = 2 * len(params.cells()) * (params.epochs + 1)
-    check_data_dir(
-        data_dir,
-        len(missing) * params.n_samples * _DATA_ROW_BYTES
-        + history_rows * _HISTORY_ROW_BYTES
-        + _REPORT_BYTES,
-    )
-    _check_device(params.device)
+    _check_machine(data_dir, len(missing) * params.n_samples, history_rows, params.device)
 
 
 def _on_disk(data_dir: Path, spec: DataSpec) -> bool:
-    # pyarrow, loaded here: a request refused for its options never waits for it (0.3 s)
-    from tasks.storage import is_intact
+    from tasks.storage import is_intact  # pyarrow, as in check_run
 
     return is_intact(dataset_path(data_dir, spec))
 
 
-def _rows_to_draw(params: RunParams, data_dir: Path) -> int:
-    return 0 if _on_disk(data_dir, params.data_spec()) else params.n_samples
-
-
-def _check_data_file(params: RunParams) -> int:
-    """The user's file: its footer, the batch size against its rows, then every value."""
-    from tasks.data.userfile import check_values, inspect_source  # pyarrow, as in _on_disk
-
-    assert params.data is not None
-    found = inspect_source(params.data, params.x_col, params.y_col)
-    params.check_rows(found.rows)
-    check_values(params.data, params.x_col, params.y_col)
-    return found.rows
-
-
-def _check_device(device: str) -> None:
+def _check_machine(data_dir: Path, data_rows: int, history_rows: int, device: str) -> None:
+    """Refuse a data directory without room for the rows to write, or a missing GPU."""
+    needed = data_rows * _DATA_ROW_BYTES + history_rows * _HISTORY_ROW_BYTES + _REPORT_BYTES
+    check_data_dir(data_dir, needed)
     if device == "cuda":
         # torch, loaded only to ask it for a GPU: 1-2 s that a CPU run never pays
         from tasks.training.reference import check_device
@@ -156,23 +137,17 @@ class _WithoutKnownTracebacks(logging.Formatter):
         self.inner = inner
 
     def format(self, record: logging.LogRecord) -> str:
-        exc = record.exc_info[1] if record.exc_info else None
-        if explain_failure(exc) is None:
-            return self.inner.format(record)
-        saved = record.exc_info, record.exc_text
-        record.exc_info, record.exc_text = None, None
-        try:
-            return self.inner.format(record)
-        finally:
-            record.exc_info, record.exc_text = saved
+        if explain_failure(record.exc_info[1] if record.exc_info else None) is not None:
+            # a copy: the other handlers of the record (Prefect's API log) keep the traceback
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return self.inner.format(record)
 
 
 def quiet_known_tracebacks() -> None:
     """Keep tracebacks of input and environment failures off the console; the one-line error
     says what they mean. Handlers that are not streams (Prefect's API log) keep them."""
-    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", []):
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", []):  # a placeholder logger has none
             inner = handler.formatter or logging.Formatter()
             if isinstance(handler, logging.StreamHandler) and not isinstance(
                 inner, _WithoutKnownTracebacks

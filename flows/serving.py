@@ -50,33 +50,17 @@ def api_is_up(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def check_server() -> None:
-    """Refuse to start when PREFECT_API_URL names a server that does not answer."""
+def describe_target() -> str:
+    """Where flows will run: the configured server, refused if it does not answer, or a
+    temporary one."""
     api = configured_api()
-    if api and not api_is_up(api):
+    if not api:
+        return "a temporary local Prefect server (start one with `gdflow server` to keep runs)"
+    if not api_is_up(api):
         raise BrokenEnvironment(
             f"no Prefect server answers at PREFECT_API_URL={api}; start one with `gdflow server`, "
             "or unset PREFECT_API_URL to run on a temporary local server"
         )
-
-
-def require_api(command: str) -> str:
-    """The URL of a running server; an InputError says how to start one if none is set."""
-    api = configured_api()
-    if not api:
-        raise InputError(
-            f"`gdflow {command}` needs a running Prefect server: start one with `gdflow server`, "
-            "then set PREFECT_API_URL to the API address it prints"
-        )
-    check_server()
-    return api
-
-
-def describe_target() -> str:
-    """Where flows will run: the configured server, or a temporary one."""
-    api = configured_api()
-    if not api:
-        return "a temporary local Prefect server (start one with `gdflow server` to keep runs)"
     return f"the Prefect server at {api}"
 
 
@@ -98,10 +82,8 @@ def _schedule(cron: str | None, interval: float | None) -> CronSchedule | Interv
 
 
 def deployment_parameters(params: RunParams, given: Iterable[str]) -> dict[str, Any]:
-    """The flow's parameters for a deployment: the fields given, paths made absolute.
-
-    Fields left out stay out, so the preset (and later defaults) fill them in at run time.
-    """
+    """The flow's parameters for a deployment: the fields given, paths made absolute. Fields
+    left out stay out, so the preset (and later defaults) fill them in at run time."""
     values = params.model_dump(mode="json", include=set(given))
     if params.data_dir is not None:
         values["data_dir"] = str(resolve_data_dir(params.data_dir))
@@ -113,7 +95,12 @@ def serve_comparison(
 ) -> None:
     """Serve the comparison with the `given` fields of `params` on a schedule until interrupted."""
     schedule = _schedule(cron, interval)
-    require_api("serve")
+    if not configured_api():
+        raise InputError(
+            "`gdflow serve` needs a running Prefect server: start one with `gdflow server`, "
+            "then set PREFECT_API_URL to the API address it prints"
+        )
+    describe_target()  # refuses a server that does not answer
     gd_comparison.serve(
         name=name,
         schedules=[schedule],
@@ -124,37 +111,19 @@ def serve_comparison(
     )
 
 
-def _port_in_use(host: str, port: int) -> bool:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        return sock.connect_ex((host, port)) == 0
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def server_env(host: str, port: int) -> dict[str, str]:
-    """The server's environment: analytics off, listening on host:port, its UI pointing there."""
-    return {
+def _start_server(host: str, port: int, quiet: bool = False) -> subprocess.Popen[bytes]:
+    """`prefect server start` on host:port, analytics off and its UI pointing there; its output
+    on this terminal, or discarded if quiet."""
+    env = {
         **os.environ,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_API_HOST": host,
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_API_URL": f"http://{host}:{port}/api",
     }
-
-
-def _start_server(host: str, port: int, quiet: bool = False) -> subprocess.Popen[bytes]:
-    """`prefect server start` on host:port; its output on this terminal, or discarded if quiet."""
     output = subprocess.DEVNULL if quiet else None
-    return subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start"],
-        env=server_env(host, port),
-        stdout=output,
-        stderr=output,
-    )
+    command = [sys.executable, "-m", "prefect", "server", "start"]
+    return subprocess.Popen(command, env=env, stdout=output, stderr=output)
 
 
 def _wait_until_up(server: subprocess.Popen[bytes], api_url: str) -> None:
@@ -191,7 +160,9 @@ def local_server() -> Iterator[str]:
     For worker processes (a local Dask cluster) that must report to the same server when no
     PREFECT_API_URL is set. Its output is discarded: this command's stdout may be JSON.
     """
-    port = _free_port()
+    with contextlib.closing(socket.socket()) as sock:  # a port free at the moment
+        sock.bind((LOOPBACK, 0))
+        port = sock.getsockname()[1]
     api_url = f"http://{LOOPBACK}:{port}/api"
     server = _start_server(LOOPBACK, port, quiet=True)
     try:
@@ -200,8 +171,7 @@ def local_server() -> Iterator[str]:
         # what this process logged for the server reaches it before it stops
         APILogWorker.drain_all(timeout=SERVER_STOP_TIMEOUT_S)
     finally:
-        if server.poll() is None:
-            _stop_server(server)
+        _stop_server(server)  # at once if it has exited
 
 
 def ensure_work_pool(api_url: str) -> None:
@@ -217,7 +187,9 @@ def ensure_work_pool(api_url: str) -> None:
 
 def run_server(host: str, port: int) -> int:
     """Run `prefect server start` on host:port until interrupted; print where its UI is."""
-    if _port_in_use(host, port):
+    with contextlib.closing(socket.socket()) as sock:
+        in_use = sock.connect_ex((host, port)) == 0
+    if in_use:
         raise InputError(
             f"port {port} on {host} is already in use (a server already running?); "
             "pick another with --port"

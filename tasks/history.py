@@ -96,7 +96,15 @@ class MethodResult(BaseModel):
         )
 
 
-_COLUMNS = ("epoch", "loss", "w", "b", "updates")
+_SCHEMA = pa.schema(
+    [
+        ("epoch", pa.int64()),
+        ("loss", pa.float64()),
+        ("w", pa.float64()),
+        ("b", pa.float64()),
+        ("updates", pa.int64()),
+    ]
+)
 # The wall time is left out: it differs from run to run, and the file must not.
 _SCALARS = (
     "method",
@@ -110,30 +118,18 @@ _SCALARS = (
 )
 
 
-def history_schema() -> pa.Schema:
-    return pa.schema(
-        [
-            ("epoch", pa.int64()),
-            ("loss", pa.float64()),
-            ("w", pa.float64()),
-            ("b", pa.float64()),
-            ("updates", pa.int64()),
-        ]
-    )
-
-
 def write_history(history: History, target: Path, context: dict[str, str]) -> FileRecord:
     """Store a history as Parquet; summary facts and `context` go into its metadata.
 
     The same history and context give the same bytes.
     """
-    metadata = {f"gdflow.{k}": json.dumps(getattr(history, k), default=_plain) for k in _SCALARS}
+    # numpy scalars (a numpy bool, say) go into JSON as plain Python values
+    plain = {k: getattr(history, k) for k in _SCALARS}
+    metadata = {f"gdflow.{k}": json.dumps(v, default=lambda v: v.item()) for k, v in plain.items()}
     metadata.update({f"gdflow.extra.{k}": v for k, v in history.extra.items()})
     metadata.update(context)
-    batch = pa.record_batch(
-        [pa.array(getattr(history, c)) for c in _COLUMNS], schema=history_schema()
-    )
-    return write_parquet(target, history_schema(), [batch], {"gdflow.kind": "history", **metadata})
+    batch = pa.record_batch([getattr(history, c) for c in _SCHEMA.names], schema=_SCHEMA)
+    return write_parquet(target, _SCHEMA, [batch], {"gdflow.kind": "history", **metadata})
 
 
 def read_history(record: FileRecord) -> History:
@@ -144,10 +140,5 @@ def read_history(record: FileRecord) -> History:
     extra = {
         k.removeprefix("gdflow.extra."): v for k, v in raw.items() if k.startswith("gdflow.extra.")
     }
-    columns = {c: table.column(c).to_numpy() for c in _COLUMNS}
+    columns = {c: table.column(c).to_numpy() for c in _SCHEMA.names}
     return History(**columns, **scalars, extra=extra)
-
-
-def _plain(value: object) -> object:
-    """numpy scalars as plain Python values for JSON."""
-    return value.item()  # type: ignore[attr-defined]

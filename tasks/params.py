@@ -38,17 +38,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 class DataSpec(BaseModel):
-    """How the synthetic data set is generated: y = slope * x + intercept + noise_std * N(0, 1)."""
+    """How a synthetic data set is drawn: y = slope * x + intercept + noise_std * N(0, 1).
+
+    Built from a run's options (SharedParams.data_spec_for), which hold the defaults.
+    """
 
     model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="forbid")
 
-    n_samples: int = Field(100, ge=2, le=MAX_SAMPLES)
-    x_start: float = -5.0
-    x_stop: float = 5.0
-    slope: float = -5.0
-    intercept: float = 0.0
-    noise_std: float = Field(0.4, ge=0.0)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    n_samples: int = Field(ge=2, le=MAX_SAMPLES)
+    x_start: float
+    x_stop: float
+    slope: float
+    intercept: float
+    noise_std: float = Field(ge=0.0)
+    seed: int = Field(ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _check_range(self) -> DataSpec:
@@ -58,7 +61,10 @@ class DataSpec(BaseModel):
 
 
 class MethodSpec(BaseModel):
-    """Everything one training run of one method depends on, besides the data."""
+    """Everything one training run of one method depends on, besides the data.
+
+    Built from a run's options (SharedParams.method_spec_for), which hold the defaults.
+    """
 
     model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="forbid")
 
@@ -68,11 +74,11 @@ class MethodSpec(BaseModel):
     w0: float
     b0: float
     batch_size: int = Field(ge=1)
-    shuffle: bool = False
-    shuffle_seed: int = Field(0, ge=0)
-    dtype: DType = "float32"
-    engine: Engine = "fast"
-    device: Device = "cpu"
+    shuffle: bool
+    shuffle_seed: int = Field(ge=0)
+    dtype: DType
+    engine: Engine
+    device: Device
 
 
 # The RunParams field that holds each method's step size.

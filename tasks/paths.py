@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from tasks.digest import code_version, stable_digest
 
@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR_ENV = "GDFLOW_DATA_DIR"
 MANIFEST_SUFFIX = ".manifest.json"
-FIGURE_INPUTS = "figure-inputs.json"  # beside a report's figures: what they were drawn from
 
 
 def resolve_data_dir(value: str | os.PathLike[str] | None = None) -> Path:
@@ -66,8 +65,26 @@ def history_path(data_dir: Path, dataset: DatasetRef, spec: MethodSpec) -> Path:
     return histories_dir(data_dir) / f"{spec.method.value}-{digest}.parquet"
 
 
-def report_dir(data_dir: Path, params: RunParams | SweepParams) -> Path:
-    """The report folder of a run or sweep: same parameters, same folder (a re-run replaces it)."""
+class ReportFiles(NamedTuple):
+    """The files of one report folder."""
+
+    png: Path
+    svg: Path
+    drawn_from: Path  # the digest of what the figure was drawn from
+    summary: Path  # a run's results as JSON
+    histories: Path  # a sweep's histories, every cell's, in one Parquet file
+
+
+def report_files(data_dir: Path, params: RunParams | SweepParams) -> ReportFiles:
+    """The report of a run or sweep: same parameters, same folder (a re-run replaces it)."""
     relevant = params.model_dump(mode="json", exclude={"refresh", "data_dir"})
-    prefix = getattr(params, "preset", "sweep")
-    return reports_dir(data_dir) / f"{prefix}-{stable_digest(relevant)[:10]}"
+    kind = getattr(params, "preset", "sweep")
+    folder = reports_dir(data_dir) / f"{kind}-{stable_digest(relevant)[:10]}"
+    figure = "sweep" if kind == "sweep" else "comparison"
+    return ReportFiles(
+        folder / f"{figure}.png",
+        folder / f"{figure}.svg",
+        folder / "figure-inputs.json",
+        folder / "summary.json",
+        folder / "histories.parquet",
+    )

@@ -43,7 +43,6 @@ class ReportRef(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    directory: str
     figure: str
     figure_svg: str
     summary: str
@@ -120,11 +119,10 @@ def train_method(dataset: DatasetRef, spec: MethodSpec, data_dir: str) -> Method
     from tasks.training.methods import train_stored  # numba: only when a method trains
 
     logger = get_run_logger()
-    columns = (dataset.file, dataset.x_col, dataset.y_col)
     history = train_stored(
         dataset.file.rows,
-        partial(stream_columns, *columns),
-        partial(load_columns, *columns),
+        partial(stream_columns, dataset.file),
+        partial(load_columns, dataset.file),
         spec,
         dataset.stats(),
         ProgressReport(spec),
@@ -177,12 +175,12 @@ def publish_report(
     """Draw the comparison figure and publish it with the results tables."""
     from tasks.report import figure, tables  # matplotlib: only when a report is drawn
 
-    out = paths.report_dir(Path(data_dir), params)
+    files = paths.report_files(Path(data_dir), params)
     histories = _histories(results)
     caption = tables.caption(params, dataset.source)
     # The user's own data has no known true line: the synthetic slope/intercept do not apply.
     slope, intercept = (None, None) if params.data else (params.slope, params.intercept)
-    png, svg, drawn = out / "comparison.png", out / "comparison.svg", out / paths.FIGURE_INPUTS
+    png, svg, drawn = files.png, files.svg, files.drawn_from
     hashes = [read_manifest(Path(r.history)).sha256 for r in results]  # type: ignore[union-attr]
     inputs = stable_digest(dataset.file.sha256, hashes, caption, code_version())
     if not _figure_is_current(drawn, inputs, png, svg):
@@ -208,7 +206,7 @@ def publish_report(
         table=tables.loss_table(histories),
         description="Full-data MSE at the start of each epoch",
     )
-    summary = out / "summary.json"
+    summary = files.summary
     contents = {
         "params": params.model_dump(mode="json"),
         "dataset": dataset.file.model_dump(),
@@ -216,7 +214,7 @@ def publish_report(
     }
     write_bytes_atomic(summary, json.dumps(contents, indent=2).encode())
     get_run_logger().info("Figure: %s", png)
-    return ReportRef(directory=str(out), figure=str(png), figure_svg=str(svg), summary=str(summary))
+    return ReportRef(figure=str(png), figure_svg=str(svg), summary=str(summary))
 
 
 class SweepReport(BaseModel):
@@ -224,7 +222,6 @@ class SweepReport(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    directory: str
     figure: str
     figure_svg: str
     histories: str
@@ -243,7 +240,7 @@ def publish_sweep(
     """Draw the sweep figure, publish it with a table of every run, store all histories."""
     from tasks.report import figure, sweep_figure, sweep_tables  # matplotlib: see above
 
-    out = paths.report_dir(Path(data_dir), params)
+    files = paths.report_files(Path(data_dir), params)
     histories = _histories(results)
     by_seed = dict(zip(params.seeds, datasets, strict=True))
     floors = {seed: sweep_tables.floor_loss(d.stats()) for seed, d in by_seed.items()}
@@ -252,11 +249,11 @@ def publish_sweep(
     first = params.seeds[0]
     curves = sweep_figure.best_curves(cells, histories, summary, first)
     caption = sweep_tables.sweep_caption(params)
-    png, svg = out / "sweep.png", out / "sweep.svg"
+    png, svg = files.png, files.svg
     drawing = sweep_figure.build_sweep_figure(summary, curves, floors[first], first, caption)
     figure.save_figure(drawing, png, svg)
     record = write_parquet(
-        out / "histories.parquet",
+        files.histories,
         sweep_tables.HISTORY_SCHEMA,
         sweep_tables.history_batches(cells, histories),
         {"gdflow.kind": "sweep-histories", "gdflow.sweep": params.model_dump_json()},
@@ -270,7 +267,6 @@ def publish_sweep(
     create_table_artifact(key=sweep_tables.CELLS_KEY, table=rows, description="Every run")
     get_run_logger().info("Sweep figure: %s; all histories: %s", png, record.path)
     return SweepReport(
-        directory=str(out),
         figure=str(png),
         figure_svg=str(svg),
         histories=record.path,

@@ -23,6 +23,10 @@ def make_spec(method: Method, lr: float, epochs: int = 3, **kw: object) -> Metho
         "b0": -20.0,
         "batch_size": 1,
         "dtype": "float64",
+        "shuffle": False,
+        "shuffle_seed": 0,
+        "engine": "fast",
+        "device": "cpu",
         **kw,
     }
     return MethodSpec(method=method, lr=lr, epochs=epochs, **fields)

@@ -28,8 +28,6 @@ class DatasetRef(BaseModel):
 
     file: FileRecord
     source: str
-    x_col: str = "x"
-    y_col: str = "y"
     moments: dict[str, float]
     preview_x: list[float]
     preview_y: list[float]
@@ -62,16 +60,12 @@ class Summary:
         """The preview points as float64 arrays, as a DatasetRef holds them."""
         return np.concatenate(self.px).astype(float), np.concatenate(self.py).astype(float)
 
-    def ref(
-        self, record: FileRecord, source: str, x_col: str = "x", y_col: str = "y"
-    ) -> DatasetRef:
+    def ref(self, record: FileRecord, source: str) -> DatasetRef:
         """The DatasetRef of the written file, with what was collected."""
         preview_x, preview_y = self.preview()
         return DatasetRef(
             file=record,
             source=source,
-            x_col=x_col,
-            y_col=y_col,
             moments=asdict(self.moments.result()),
             preview_x=preview_x.tolist(),
             preview_y=preview_y.tolist(),
@@ -105,15 +99,13 @@ def _as_float32(table: pa.Table, column: str) -> np.ndarray:
     return table.column(column).to_numpy().astype(np.float32, copy=False)
 
 
-def load_columns(
-    record: FileRecord, x_col: str = "x", y_col: str = "y"
-) -> tuple[np.ndarray, np.ndarray]:
+def load_columns(record: FileRecord) -> tuple[np.ndarray, np.ndarray]:
     """x and y as float32 arrays, from a file whose content hash is checked first.
 
     The file is read row group by row group into one array, so memory holds the columns once;
     callers in one process share that copy while any of them still holds it.
     """
-    key = (record.path, record.sha256, x_col, y_col)
+    key = (record.path, record.sha256)
     with _load_lock:
         both = _loaded.get(key)
         if both is None:
@@ -121,10 +113,10 @@ def load_columns(
             pages = mmap.mmap(-1, max(1, 8 * record.rows))
             both = np.ndarray((2, record.rows), dtype=np.float32, buffer=pages)
             lo = 0
-            for table in iter_row_groups(record, [x_col, y_col]):
+            for table in iter_row_groups(record, ["x", "y"]):
                 hi = lo + table.num_rows
-                both[0, lo:hi] = _as_float32(table, x_col)
-                both[1, lo:hi] = _as_float32(table, y_col)
+                both[0, lo:hi] = _as_float32(table, "x")
+                both[1, lo:hi] = _as_float32(table, "y")
                 lo = hi
             if lo != record.rows:
                 raise CorruptFileError(f"{record.path} holds {lo} rows, not {record.rows}")
@@ -132,9 +124,7 @@ def load_columns(
     return both[0], both[1]
 
 
-def stream_columns(
-    record: FileRecord, x_col: str = "x", y_col: str = "y"
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def stream_columns(record: FileRecord) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """x and y as float32 arrays one row group at a time, from a file whose hash is checked."""
-    for table in iter_row_groups(record, [x_col, y_col]):
-        yield _as_float32(table, x_col), _as_float32(table, y_col)
+    for table in iter_row_groups(record, ["x", "y"]):
+        yield _as_float32(table, "x"), _as_float32(table, "y")

@@ -10,14 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 
 from tasks.history import History
-from tasks.report.style import (
-    Limits,
-    drawable,
-    markevery,
-    method_colour,
-    padded,
-    plain_log_labels,
-)
+from tasks.report.style import Limits, drawable, markevery, method_colour, padded, plain_log_labels
 from tasks.stats import Moments
 
 GRID = 220  # contour grid points per axis
@@ -25,35 +18,29 @@ GRID = 220  # contour grid points per axis
 
 def _box(histories: Sequence[History], start: Limits, best: Limits) -> tuple[Limits, Limits]:
     """(w, b) limits around the start, the optimum and every converged path."""
-    ws, bs = [np.array([start[0], best[0]])], [np.array([start[1], best[1]])]
-    for h in histories:
-        if not h.diverged:
-            ok = drawable(h.w) & drawable(h.b)
-            ws.append(h.w[ok])
-            bs.append(h.b[ok])
-    w_all, b_all = np.concatenate(ws), np.concatenate(bs)
-    w_all, b_all = w_all[drawable(w_all)], b_all[drawable(b_all)]
-    return padded(float(w_all.min()), float(w_all.max()), 0.08), padded(
-        float(b_all.min()), float(b_all.max()), 0.08
+    pts = np.concatenate(
+        [np.array([start, best])]
+        + [np.column_stack([h.w, h.b]) for h in histories if not h.diverged]
     )
+    pts = pts[drawable(pts).all(axis=1)]
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    return padded(float(lo[0]), float(hi[0]), 0.08), padded(float(lo[1]), float(hi[1]), 0.08)
 
 
-def _exit_point(inside: np.ndarray, outside: np.ndarray, wl: Limits, bl: Limits) -> np.ndarray:
-    """Where the segment from an inside point to an outside point crosses the box edge."""
-    d = outside - inside
-    t = 1.0
-    for k, (lo, hi) in enumerate((wl, bl)):
-        if d[k] > 0:
-            t = min(t, (hi - inside[k]) / d[k])
-        elif d[k] < 0:
-            t = min(t, (lo - inside[k]) / d[k])
-    return inside + t * d
-
-
-def _mark_exit(
-    ax: Axes, last: np.ndarray, edge: np.ndarray, text: str, colour: str, wl: Limits, bl: Limits
-) -> None:
-    """An arrow from a path's last point in the box to `edge`, with `text` beside it."""
+def _mark_exit(ax: Axes, pts: np.ndarray, keep: int, colour: str, wl: Limits, bl: Limits) -> None:
+    """An arrow from the last point in the box, pts[keep - 1], to where the path leaves it."""
+    last, nxt = pts[keep - 1], pts[keep]
+    if drawable(nxt).all():  # the box edge where the segment from last to nxt crosses it
+        d = nxt - last
+        t = 1.0
+        for k, (lo, hi) in enumerate((wl, bl)):
+            if d[k] > 0:
+                t = min(t, (hi - last[k]) / d[k])
+            elif d[k] < 0:
+                t = min(t, (lo - last[k]) / d[k])
+        edge, text = last + t * d, "diverged → off the chart"
+    else:
+        edge, text = last, "diverged: overflow to inf/nan"
     ax.annotate(
         "",
         xy=edge,
@@ -77,66 +64,17 @@ def _mark_exit(
     )
 
 
-def _draw_path(ax: Axes, h: History, colour: str, wl: Limits, bl: Limits) -> None:
-    """One method's per-epoch (w, b) path, clipped with an arrow where it leaves the box."""
-    pts = np.column_stack([h.w, h.b])
-    inside = (
-        drawable(pts).all(axis=1)
-        & (pts[:, 0] >= wl[0])
-        & (pts[:, 0] <= wl[1])
-        & (pts[:, 1] >= bl[0])
-        & (pts[:, 1] <= bl[1])
-    )
-    leaves = not inside.all()
-    keep = int(inside.argmin()) if leaves else len(pts)
-    path = pts[:keep]
-    ax.plot(
-        path[:, 0],
-        path[:, 1],
-        "-o",
-        color=colour,
-        lw=1.6,
-        ms=3.5,
-        zorder=4,
-        markevery=markevery(keep),
-    )
-    if not leaves or keep == 0:
-        return
-    nxt = pts[keep]
-    if drawable(nxt).all():
-        _mark_exit(
-            ax,
-            path[-1],
-            _exit_point(path[-1], nxt, wl, bl),
-            "diverged → off the chart",
-            colour,
-            wl,
-            bl,
-        )
-    else:
-        _mark_exit(ax, path[-1], path[-1], "diverged: overflow to inf/nan", colour, wl, bl)
-
-
-def _surface(ax: Axes, moments: Moments, wl: Limits, bl: Limits) -> None:
+def _surface(ax: Axes, moments: Moments, floor: float, wl: Limits, bl: Limits) -> None:
     """Filled, log-spaced contours of the MSE above its floor, with a colour bar."""
     gw, gb = np.meshgrid(np.linspace(*wl, GRID), np.linspace(*bl, GRID))
-    floor = float(moments.mse(*moments.least_squares()))
     excess = np.asarray(moments.mse(gw, gb), dtype=np.float64) - floor
     top = float(excess.max())
     if not (math.isfinite(top) and top > 0):
         top = 1.0
     levels = np.geomspace(top * 1e-5, top, 16)
     shown = np.clip(excess, levels[0], top)
-    filled = ax.contourf(
-        gw,
-        gb,
-        shown,
-        levels=levels,
-        norm=LogNorm(levels[0], top),
-        cmap="Greys_r",
-        alpha=0.35,
-        zorder=0,
-    )
+    norm = LogNorm(levels[0], top)
+    filled = ax.contourf(gw, gb, shown, levels, norm=norm, cmap="Greys_r", alpha=0.35, zorder=0)
     ax.contour(gw, gb, shown, levels=levels, colors="0.5", linewidths=0.5, alpha=0.7, zorder=1)
     bar = ax.get_figure().colorbar(filled, ax=ax, pad=0.01, fraction=0.04)
     bar.set_ticks(10.0 ** np.arange(math.ceil(math.log10(levels[0])), math.log10(top) + 1e-9))
@@ -145,14 +83,24 @@ def _surface(ax: Axes, moments: Moments, wl: Limits, bl: Limits) -> None:
     bar.ax.tick_params(labelsize=7.5)
 
 
-def panel_paths(ax: Axes, histories: Sequence[History], moments: Moments) -> None:
-    """Contours of the MSE over (w, b) with each method's per-epoch path."""
+def panel_paths(ax: Axes, histories: Sequence[History], moments: Moments, floor: float) -> None:
+    """Contours of the MSE over (w, b) with each method's per-epoch path, clipped to the box
+    with an arrow where it leaves; `floor` is the least-squares MSE."""
     start = (float(histories[0].w[0]), float(histories[0].b[0]))
     best = moments.least_squares()
     wl, bl = _box(histories, start, best)
-    _surface(ax, moments, wl, bl)
+    _surface(ax, moments, floor, wl, bl)
+    lo, hi = np.array([wl[0], bl[0]]), np.array([wl[1], bl[1]])
     for i, h in enumerate(histories):
-        _draw_path(ax, h, method_colour(h.method, i), wl, bl)
+        pts = np.column_stack([h.w, h.b])
+        inside = drawable(pts).all(axis=1) & ((pts >= lo) & (pts <= hi)).all(axis=1)
+        keep = int(inside.argmin()) if not inside.all() else len(pts)
+        colour = method_colour(h.method, i)
+        path = pts[:keep]
+        style = {"color": colour, "lw": 1.6, "ms": 3.5, "zorder": 4}
+        ax.plot(path[:, 0], path[:, 1], "-o", markevery=markevery(keep), **style)
+        if 0 < keep < len(pts):
+            _mark_exit(ax, pts, keep, colour, wl, bl)
     ax.plot(
         *start,
         "o",

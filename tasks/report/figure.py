@@ -1,7 +1,6 @@
 """The comparison figure of one run: loss per epoch, loss per update, data and fits, (w, b) paths.
 
-matplotlib is imported here, at the top: the report step imports this module only when it
-draws a figure.
+matplotlib is imported at the top: the report step imports this module only to draw a figure.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from tasks.report.style import (
     method_colour,
     method_name,
     padded,
+    reference_line,
 )
 from tasks.report.tables import TITLE, format_cell
 from tasks.stats import Moments
@@ -56,126 +56,49 @@ def _label(h: History) -> str:
     return text
 
 
-def _mark_divergence(ax: Axes, x: float, y: float, colour: str) -> None:
-    """A cross and the word "diverged" at the last drawable point of a curve."""
-    ax.plot(x, y, "X", color=colour, ms=13, mec="black", zorder=5)
-    ax.annotate(
-        "diverged",
-        (x, y),
-        xytext=(-10, -4),
-        textcoords="offset points",
-        ha="right",
-        va="top",
-        color=colour,
-        fontsize=9,
-        fontweight="bold",
-    )
-
-
-def _loss_curves(ax: Axes, histories: Sequence[History], use_updates: bool) -> np.ndarray:
-    """Draw each method's loss against epochs or updates; returns every value drawn."""
-    drawn = [np.empty(0)]
+def _panel_loss(ax: Axes, histories: Sequence[History], floor: float, use_updates: bool) -> None:
+    """Loss panel: per epoch (log y) or per parameter update (log-log), with a cross where
+    a method diverged and a line at the least-squares floor."""
+    drawn = [np.array([floor])]
     for i, h in enumerate(histories):
         xs = (h.updates if use_updates else h.epoch).astype(np.float64)
         ok = drawable(h.loss) & (h.loss > 0) & ((xs > 0) if use_updates else True)
         colour = method_colour(h.method, i)
-        ax.plot(
-            xs[ok],
-            h.loss[ok],
-            "-o",
-            color=colour,
-            lw=1.8,
-            ms=3.5,
-            markevery=markevery(int(ok.sum())),
-            zorder=3,
-        )
+        style = {"color": colour, "lw": 1.8, "ms": 3.5, "zorder": 3}
+        ax.plot(xs[ok], h.loss[ok], "-o", markevery=markevery(int(ok.sum())), **style)
         drawn.append(h.loss[ok])
         if (h.diverged or _overflow_epoch(h) is not None) and ok.any():
             last = np.flatnonzero(ok)[-1]
-            _mark_divergence(ax, xs[last], h.loss[last], colour)
-    return np.concatenate(drawn)
-
-
-def _floor_line(ax: Axes, floor: float) -> None:
-    """Dashed line at the least-squares loss, labelled at its left end."""
-    if not (math.isfinite(floor) and floor > 0):
-        return
-    ax.axhline(floor, ls="--", lw=1.2, color="0.25", zorder=2)
-    ax.text(
-        0.01,
-        floor,
-        f" least-squares floor {floor:.4g}",
-        transform=ax.get_yaxis_transform(),
-        ha="left",
-        va="bottom",
-        fontsize=8.5,
-        color="0.25",
-    )
-
-
-def _panel_loss(ax: Axes, histories: Sequence[History], floor: float, use_updates: bool) -> None:
-    """Loss panel: per epoch (log y) or per parameter update (log-log)."""
-    drawn = _loss_curves(ax, histories, use_updates)
-    _floor_line(ax, floor)
+            x, y = xs[last], h.loss[last]
+            ax.plot(x, y, "X", color=colour, ms=13, mec="black", zorder=5)
+            ax.annotate(
+                "diverged",
+                (x, y),
+                xytext=(-10, -4),
+                textcoords="offset points",
+                ha="right",
+                va="top",
+                color=colour,
+                fontsize=9,
+                fontweight="bold",
+            )
+    if math.isfinite(floor) and floor > 0:
+        reference_line(ax, floor, f" least-squares floor {floor:.4g}", "--", 1.2, "0.25")
     log_scale(ax, "y")
-    ax.set_ylim(*log_limits(np.append(drawn, floor)))
+    ax.set_ylim(*log_limits(np.concatenate(drawn)))
     if use_updates:
-        updates = np.concatenate([h.updates for h in histories]).astype(np.float64)
         log_scale(ax, "x")
-        ax.set_xlim(*log_limits(updates))
+        ax.set_xlim(*log_limits(np.concatenate([h.updates for h in histories]).astype(float)))
         ax.set_xlabel("parameter updates made (log scale; the start, at 0 updates, is not shown)")
         ax.set_title("Loss against parameter updates", loc="left", fontweight="bold")
     else:
-        last = max(h.epochs for h in histories)
-        ax.set_xlim(*padded(0.0, float(last), 0.02))
+        ax.set_xlim(*padded(0.0, float(max(h.epochs for h in histories)), 0.02))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch (full passes over the data)")
         ax.set_title("Loss per epoch", loc="left", fontweight="bold")
     ax.set_ylabel("full-data MSE (log scale)")
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
-
-
-def _subsample(n: int) -> np.ndarray:
-    """Deterministic sorted indices of at most MAX_POINTS points."""
-    if n <= MAX_POINTS:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(0).choice(n, MAX_POINTS, replace=False))
-
-
-def _data_points(ax: Axes, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Draw (a deterministic subsample of) the finite data points; returns those drawn."""
-    idx = _subsample(int(x.shape[0]))
-    xs, ys = x[idx].astype(np.float64), y[idx].astype(np.float64)
-    ok = np.isfinite(xs) & np.isfinite(ys)
-    xs, ys = xs[ok], ys[ok]
-    shown = f"{xs.size:,} of {x.shape[0]:,} points" if xs.size < x.shape[0] else "data"
-    many = xs.size > 300
-    ax.plot(
-        xs,
-        ys,
-        "." if many else "+",
-        color="0.45",
-        ms=3 if many else 7,
-        alpha=0.35 if many else 0.8,
-        ls="none",
-        label=shown,
-        zorder=2,
-    )
-    return xs, ys
-
-
-def _fitted_lines(ax: Axes, histories: Sequence[History], line_x: np.ndarray) -> None:
-    """Each method's final line; a diverged one gets a legend entry and no line."""
-    for i, h in enumerate(histories):
-        w, b = float(h.w[-1]), float(h.b[-1])
-        name, colour = method_name(h.method), method_colour(h.method, i)
-        if h.diverged or not (math.isfinite(w) and math.isfinite(b)):
-            label = f"{name}: diverged, line not drawn (w = {format_cell(w)})"
-            ax.plot([], [], ":", color=colour, lw=2, label=label)
-            continue
-        label = f"{name}:  w = {w:.4g},  b = {b:.4g}"
-        ax.plot(line_x, w * line_x + b, color=colour, lw=2, alpha=0.85, zorder=4, label=label)
 
 
 def _panel_data(
@@ -186,21 +109,42 @@ def _panel_data(
     true_slope: float | None,
     true_intercept: float | None,
 ) -> None:
-    """Data panel: the points, the true line (None: unknown) and each method's fitted line."""
-    xs, ys = _data_points(ax, x, y)
+    """Data panel: the points (a deterministic subsample of at most MAX_POINTS), the true line
+    (None: unknown) and each method's fitted line; a diverged one gets a legend entry only."""
+    n = int(x.shape[0])
+    idx = np.arange(n)
+    if n > MAX_POINTS:
+        idx = np.sort(np.random.default_rng(0).choice(n, MAX_POINTS, replace=False))
+    xs, ys = x[idx].astype(np.float64), y[idx].astype(np.float64)
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    xs, ys = xs[ok], ys[ok]
+    many = xs.size > 300
+    ax.plot(
+        xs,
+        ys,
+        "." if many else "+",
+        color="0.45",
+        ms=3 if many else 7,
+        alpha=0.35 if many else 0.8,
+        ls="none",
+        label=f"{xs.size:,} of {n:,} points" if xs.size < n else "data",
+        zorder=2,
+    )
     x_lo, x_hi = (float(xs.min()), float(xs.max())) if xs.size else (0.0, 1.0)
     line_x = np.array([x_lo, x_hi])
     if true_slope is not None and true_intercept is not None:
-        ax.plot(
-            line_x,
-            true_slope * line_x + true_intercept,
-            "--",
-            color="black",
-            lw=1.6,
-            zorder=3,
-            label=f"true line  y = {true_slope:g}·x + {true_intercept:g}",
-        )
-    _fitted_lines(ax, histories, line_x)
+        label = f"true line  y = {true_slope:g}·x + {true_intercept:g}"
+        line_y = true_slope * line_x + true_intercept
+        ax.plot(line_x, line_y, "--", color="black", lw=1.6, zorder=3, label=label)
+    for i, h in enumerate(histories):
+        w, b = float(h.w[-1]), float(h.b[-1])
+        name, colour = method_name(h.method), method_colour(h.method, i)
+        if h.diverged or not (math.isfinite(w) and math.isfinite(b)):
+            label = f"{name}: diverged, line not drawn (w = {format_cell(w)})"
+            ax.plot([], [], ":", color=colour, lw=2, label=label)
+        else:
+            label = f"{name}:  w = {w:.4g},  b = {b:.4g}"
+            ax.plot(line_x, w * line_x + b, color=colour, lw=2, alpha=0.85, zorder=4, label=label)
     ax.set_xlim(*padded(x_lo, x_hi, 0.02))
     ax.set_ylim(*(padded(float(ys.min()), float(ys.max()), 0.06) if ys.size else (0.0, 1.0)))
     corner = "upper right" if true_slope is not None and true_slope < 0 else "upper left"
@@ -209,29 +153,6 @@ def _panel_data(
     ax.set_ylabel("y")
     ax.set_title("Data and the fitted lines after training", loc="left", fontweight="bold")
     ax.grid(True, alpha=0.3)
-
-
-def _legend_handles(histories: Sequence[History]) -> list[Line2D]:
-    """One legend entry per method, a cross for those that diverged."""
-    return [
-        Line2D(
-            [],
-            [],
-            color=method_colour(h.method, i),
-            marker="X" if h.diverged else "o",
-            lw=2.2,
-            ms=8 if h.diverged else 5,
-            mec="black" if h.diverged else None,
-            label=_label(h),
-        )
-        for i, h in enumerate(histories)
-    ]
-
-
-def _legend_columns(labels: list[str]) -> int:
-    """Most legend columns (up to 3) whose labels fit side by side across the figure."""
-    width = max(len(label) for label in labels) * 6.3 + 55  # points at font size 11
-    return max(1, min(len(labels), 3, int(FIGSIZE[0] * 72 * 0.95 // width)))
 
 
 def build_figure(
@@ -247,8 +168,23 @@ def build_figure(
     """The 2x2 comparison figure: loss per epoch, loss per update, data and fits, paths."""
     if not histories:
         raise ValueError("need at least one history to draw")
-    handles = _legend_handles(histories)
-    ncols = _legend_columns([h.get_label() for h in handles])
+    handles = [  # one legend entry per method, a cross for those that diverged
+        Line2D(
+            [],
+            [],
+            color=method_colour(h.method, i),
+            marker="X" if h.diverged else "o",
+            lw=2.2,
+            ms=8 if h.diverged else 5,
+            mec="black" if h.diverged else None,
+            label=_label(h),
+        )
+        for i, h in enumerate(histories)
+    ]
+    # As many legend columns (up to 3) as fit side by side; a label is ~6.3 points per
+    # character at font size 11, plus its marker.
+    width = max(len(h.get_label()) for h in handles) * 6.3 + 55
+    ncols = max(1, min(len(handles), 3, int(FIGSIZE[0] * 72 * 0.95 // width)))
     head_in = 0.45 + 0.27 * math.ceil(len(handles) / ncols)
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     head, body = fig.subfigures(2, 1, height_ratios=[head_in, FIGSIZE[1] - head_in])
@@ -261,7 +197,7 @@ def build_figure(
     _panel_loss(ax_epoch, histories, floor, use_updates=False)
     _panel_loss(ax_updates, histories, floor, use_updates=True)
     _panel_data(ax_data, histories, x, y, true_slope, true_intercept)
-    panel_paths(ax_paths, histories, moments)
+    panel_paths(ax_paths, histories, moments, floor)
     body.supxlabel("\n".join(textwrap.wrap(caption, 190)), fontsize=9, color="0.3")
     return fig
 
@@ -274,7 +210,7 @@ def save_figure(fig: Figure, png_path: Path, svg_path: Path) -> None:
     CPU time 1.50 s instead of 1.21 s).
     """
     engine = fig.get_layout_engine()
-    with atomic_path(Path(png_path)) as png, atomic_path(Path(svg_path)) as svg:
+    with atomic_path(png_path) as png, atomic_path(svg_path) as svg:
         fig.savefig(png, format="png", dpi=fig.dpi)
         fig.set_layout_engine("none")
         try:

@@ -61,6 +61,14 @@ def log_limits(values: np.ndarray) -> Limits:
     return 10.0 ** max(lo - pad, -200.0), 10.0 ** min(hi + pad, 200.0)
 
 
+def reference_line(ax: Axes, y: float, text: str, ls: str, lw: float, colour: str) -> None:
+    """A horizontal line across `ax` at `y`, with `text` above its left end."""
+    ax.axhline(y, ls=ls, lw=lw, color=colour, zorder=2)
+    ax.text(
+        0.01, y, text, transform=ax.get_yaxis_transform(), va="bottom", fontsize=8.5, color=colour
+    )
+
+
 def plain_power_label(label: str) -> str:
     """A log-axis tick label such as $\\mathdefault{2\\times10^{-1}}$ as plain text, 2×10⁻¹.
 

@@ -1,7 +1,6 @@
 """The sweep figure: a heat map of step size x batch size, and the best runs' loss curves.
 
-matplotlib is imported here, at the top: the sweep's report step imports this module only
-when it draws the figure.
+matplotlib is imported at the top: the sweep's report step imports this module only to draw it.
 """
 
 from __future__ import annotations
@@ -21,12 +20,13 @@ from matplotlib.ticker import MaxNLocator
 
 from tasks.history import History
 from tasks.params import Cell, Method
-from tasks.report.style import DPI, log_scale, plain_log_labels
+from tasks.report.style import DPI, log_scale, plain_log_labels, reference_line
 from tasks.report.sweep_tables import METHOD_WORDS, SWEEP_TITLE, TARGET_FRACTION, GridSummary
 
 FIGSIZE = (15.0, 7.2)
 _DIVERGED = {"facecolor": "0.88", "hatch": "xx", "edgecolor": "0.6"}
 _BEST = {"fill": False, "edgecolor": "#FF2D95", "lw": 2.6}
+_TITLE = {"loc": "left", "fontsize": 10.5, "fontweight": "bold"}
 
 
 def batch_label(size: int, method: Method, bound: float) -> str:
@@ -35,42 +35,23 @@ def batch_label(size: int, method: Method, bound: float) -> str:
     return f"{size_text}\n{METHOD_WORDS[method]}\nbound {bound:.3g}"
 
 
-def _bound_row(bound: float, lrs: list[float]) -> float:
-    """The row edge between the step sizes at or below `bound` and those above it."""
-    return sum(lr <= bound for lr in lrs) - 0.5
-
-
-def _cell_text(summary: GridSummary, i: int, j: int) -> str:
-    if summary.diverged[i, j]:
-        some = f" {summary.diverged[i, j]}/{summary.seeds}" if summary.seeds > 1 else ""
-        return f"diverged{some}"
-    epochs = summary.epochs[i, j]
-    reached = f"{epochs:.0f} ep" if math.isfinite(epochs) else "not reached"
-    return f"{summary.excess[i, j]:.1e}\n{reached}"
-
-
 def _label_cells(ax: Axes, summary: GridSummary, norm: Normalize, lo: float) -> None:
-    """Write each cell's result on it; hatch the diverged ones."""
+    """Write each cell's result on it: excess loss and epochs to target; hatch the diverged."""
     cmap = colormaps["viridis"]
-    rows, cols = summary.excess.shape
-    for i in range(rows):
-        for j in range(cols):
-            if summary.diverged[i, j]:
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, **_DIVERGED))
-                colour = "#B00020"
-            else:
-                r, g, b, _ = cmap(norm(max(summary.excess[i, j], lo)))
-                colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.45 else "white"
-            ax.text(
-                j,
-                i,
-                _cell_text(summary, i, j),
-                ha="center",
-                va="center",
-                fontsize=8,
-                color=colour,
-                fontweight="bold" if summary.diverged[i, j] else "normal",
-            )
+    for (i, j), excess in np.ndenumerate(summary.excess):
+        diverged = summary.diverged[i, j]
+        if diverged:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, **_DIVERGED))
+            colour = "#B00020"
+            text = "diverged" + (f" {diverged}/{summary.seeds}" if summary.seeds > 1 else "")
+        else:
+            r, g, b, _ = cmap(norm(max(excess, lo)))
+            colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.45 else "white"
+            epochs = summary.epochs[i, j]
+            reached = f"{epochs:.0f} ep" if math.isfinite(epochs) else "not reached"
+            text = f"{excess:.1e}\n{reached}"
+        weight = "bold" if diverged else "normal"
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour, fontweight=weight)
 
 
 def _mark_best_and_bound(ax: Axes, summary: GridSummary) -> None:
@@ -78,14 +59,11 @@ def _mark_best_and_bound(ax: Axes, summary: GridSummary) -> None:
     for j, i in enumerate(summary.best):
         if i is not None:
             ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, **_BEST))
-    xs, ys = [], []
-    for j, bound in enumerate(summary.bounds):
-        y = _bound_row(float(bound), summary.lrs)
-        xs += [j - 0.5, j + 0.5]
-        ys += [y, y]
+    # Across each column, between the rows of the step sizes at or below its bound and above.
+    rows = [sum(lr <= bound for lr in summary.lrs) - 0.5 for bound in summary.bounds]
     ax.plot(
-        xs,
-        ys,
+        [x for j in range(len(rows)) for x in (j - 0.5, j + 0.5)],
+        np.repeat(rows, 2),
         color="#D00000",
         lw=2.4,
         ls="--",
@@ -140,9 +118,7 @@ def _heat_map(ax: Axes, summary: GridSummary) -> None:
     ax.set_title(
         f"Final loss above the least-squares floor ({seeds});\n"
         f"second line: epochs until it is {1 / TARGET_FRACTION:g}× smaller than at the start",
-        loc="left",
-        fontsize=10.5,
-        fontweight="bold",
+        **_TITLE,
     )
     if shown.size:
         bar = ax.figure.colorbar(image, ax=ax, pad=0.015, fraction=0.05)
@@ -150,39 +126,22 @@ def _heat_map(ax: Axes, summary: GridSummary) -> None:
         bar.set_label("final MSE − least-squares MSE (log scale)", fontsize=8.5)
 
 
-def _nothing_converged(ax: Axes) -> None:
-    ax.text(
-        0.5,
-        0.5,
-        "every run diverged: no curve to draw",
-        ha="center",
-        transform=ax.transAxes,
-        color="#B00020",
-        fontsize=11,
-        fontweight="bold",
-    )
-    ax.set_axis_off()
-
-
-def _target_line(ax: Axes, target: float) -> None:
-    ax.axhline(target, ls=":", lw=1.4, color="0.3")
-    ax.text(
-        0.01,
-        target,
-        f" target: {1 / TARGET_FRACTION:g}× below the start",
-        transform=ax.get_yaxis_transform(),
-        va="bottom",
-        fontsize=8.5,
-        color="0.3",
-    )
-
-
 def _curves(
     ax: Axes, summary: GridSummary, curves: dict[int, History], floor: float, seed: int
 ) -> None:
     """Excess loss per epoch of the best step size of each batch size."""
     if not curves:
-        _nothing_converged(ax)
+        ax.text(
+            0.5,
+            0.5,
+            "every run diverged: no curve to draw",
+            ha="center",
+            transform=ax.transAxes,
+            color="#B00020",
+            fontsize=11,
+            fontweight="bold",
+        )
+        ax.set_axis_off()
         return
     palette = colormaps["plasma"]
     for j, size in enumerate(summary.batch_sizes):
@@ -197,7 +156,10 @@ def _curves(
     missing = [s for s in summary.batch_sizes if s not in curves]
     if missing:
         ax.plot([], [], " ", label=f"batch {', '.join(map(str, missing))}: every step diverged")
-    _target_line(ax, TARGET_FRACTION * (next(iter(curves.values())).loss[0] - floor))
+    target = TARGET_FRACTION * (next(iter(curves.values())).loss[0] - floor)
+    reference_line(
+        ax, target, f" target: {1 / TARGET_FRACTION:g}× below the start", ":", 1.4, "0.3"
+    )
     log_scale(ax, "y")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(0, max(h.epochs for h in curves.values()))
@@ -205,9 +167,7 @@ def _curves(
     ax.set_ylabel("MSE − least-squares MSE (log scale)")
     ax.set_title(
         f"Loss per epoch at the best step size of each batch size (seed {seed})",
-        loc="left",
-        fontsize=10.5,
-        fontweight="bold",
+        **_TITLE,
     )
     ax.grid(True, which="major", alpha=0.35)
     ax.legend(fontsize=8.5, loc="upper right", framealpha=0.9)

@@ -4,7 +4,6 @@ batch size, its markdown artifact and the all-histories Parquet batches."""
 from __future__ import annotations
 
 import base64
-import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import pyarrow as pa
 
 from tasks.history import History, MethodResult
 from tasks.params import Cell, Method, SweepParams
+from tasks.report.tables import finite_or_none
 from tasks.stats import Moments
 
 SWEEP_TITLE = "Step size × batch size: where gradient descent converges, and how close it gets"
@@ -54,10 +54,6 @@ def epochs_to_target(history: History, floor: float) -> int | None:
     return int(history.epoch[hit[0]]) if hit.size else None
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def cell_rows(
     cells: Sequence[Cell],
     results: Sequence[MethodResult],
@@ -65,27 +61,24 @@ def cell_rows(
     floors: dict[int, float],
 ) -> list[dict[str, Any]]:
     """One JSON-safe row per cell (non-finite numbers become None); `floors` by seed."""
-    rows = []
-    for cell, r, h in zip(cells, results, histories, strict=True):
-        floor = floors[cell.seed]
-        rows.append(
-            {
-                "seed": cell.seed,
-                "batch_size": cell.batch_size,
-                "method": cell.method.value,
-                "lr": cell.lr,
-                "final_loss": _finite_or_none(r.final_loss),
-                "excess_loss": _finite_or_none(r.final_loss - floor),
-                "epochs_to_target": epochs_to_target(h, floor),
-                "w": _finite_or_none(r.final_w),
-                "b": _finite_or_none(r.final_b),
-                "diverged": r.diverged,
-                "stability_bound": r.stability_bound,
-                "updates": r.updates,
-                "wall_time_s": r.wall_time_s,
-            }
-        )
-    return rows
+    return [
+        {
+            "seed": cell.seed,
+            "batch_size": cell.batch_size,
+            "method": cell.method.value,
+            "lr": cell.lr,
+            "final_loss": finite_or_none(r.final_loss),
+            "excess_loss": finite_or_none(r.final_loss - floors[cell.seed]),
+            "epochs_to_target": epochs_to_target(h, floors[cell.seed]),
+            "w": finite_or_none(r.final_w),
+            "b": finite_or_none(r.final_b),
+            "diverged": r.diverged,
+            "stability_bound": r.stability_bound,
+            "updates": r.updates,
+            "wall_time_s": r.wall_time_s,
+        }
+        for cell, r, h in zip(cells, results, histories, strict=True)
+    ]
 
 
 @dataclass(frozen=True)
@@ -126,10 +119,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> GridSummary:
             if None not in reached:
                 epochs[i, j] = np.median(reached)
             bounds[j] = np.median([r["stability_bound"] for r in mine])
-    best: list[int | None] = []
-    for j in range(len(sizes)):
-        column = excess[:, j]
-        best.append(int(np.nanargmin(column)) if np.isfinite(column).any() else None)
+    best = [int(np.nanargmin(col)) if np.isfinite(col).any() else None for col in excess.T]
     return GridSummary(
         lrs, sizes, [methods[s] for s in sizes], seeds, excess, diverged, epochs, bounds, best
     )
@@ -137,22 +127,18 @@ def summarise(rows: Sequence[dict[str, Any]]) -> GridSummary:
 
 def best_rows(summary: GridSummary) -> list[dict[str, Any]]:
     """Per batch size: the best step size (median over seeds) and what it reached."""
-    best = []
-    for j, size in enumerate(summary.batch_sizes):
-        i = summary.best[j]
-        epochs = summary.epochs[i, j] if i is not None else math.nan
-        best.append(
-            {
-                "batch_size": size,
-                "method": summary.methods[j].value,
-                "best_lr": None if i is None else summary.lrs[i],
-                "excess_loss": None if i is None else float(summary.excess[i, j]),
-                "epochs_to_target": float(epochs) if math.isfinite(epochs) else None,
-                "stability_bound": float(summary.bounds[j]),
-                "diverged_lrs": [lr for k, lr in enumerate(summary.lrs) if summary.diverged[k, j]],
-            }
-        )
-    return best
+    return [
+        {
+            "batch_size": size,
+            "method": summary.methods[j].value,
+            "best_lr": None if i is None else summary.lrs[i],
+            "excess_loss": None if i is None else float(summary.excess[i, j]),
+            "epochs_to_target": None if i is None else finite_or_none(float(summary.epochs[i, j])),
+            "stability_bound": float(summary.bounds[j]),
+            "diverged_lrs": [lr for k, lr in enumerate(summary.lrs) if summary.diverged[k, j]],
+        }
+        for j, (size, i) in enumerate(zip(summary.batch_sizes, summary.best, strict=True))
+    ]
 
 
 def sweep_caption(params: SweepParams) -> str:

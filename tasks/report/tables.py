@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from tasks.history import History, MethodResult
-from tasks.params import RunParams
+from tasks.params import Method, RunParams
 from tasks.stats import Moments
 
 TITLE = "Gradient descent on y = w·x + b: batch vs stochastic vs mini-batch"
@@ -38,11 +38,7 @@ COLUMNS = (
 def caption(params: RunParams, source: str) -> str:
     """The figure's caption: where the data came from, then the training settings."""
     steps = ", ".join(f"{m.value} {params.lr(m):g}" for m in params.methods)
-    batch = (
-        f" (batch {params.batch_size})"
-        if any(m.value == "minibatch" for m in params.methods)
-        else ""
-    )
+    batch = f" (batch {params.batch_size})" if Method.minibatch in params.methods else ""
     order = "shuffled each epoch" if params.shuffle else "in stored order"
     data = (
         f"data: {source}"
@@ -132,8 +128,8 @@ def comparison_markdown(
     return "\n".join(lines) + "\n"
 
 
-def _json_float(value: float | None) -> float | None:
-    """The value if it is a finite number, else None."""
+def finite_or_none(value: float | None) -> float | None:
+    """The value if it is a finite number, else None (JSON has no inf or nan)."""
     return value if value is not None and math.isfinite(value) else None
 
 
@@ -147,6 +143,7 @@ def loss_table(histories: Sequence[History], max_rows: int = 1001) -> list[dict[
         h.method: dict(zip(h.epoch.tolist(), h.loss.tolist(), strict=True)) for h in histories
     }
     return [
-        {"epoch": e} | {method: _json_float(by_epoch.get(e)) for method, by_epoch in losses.items()}
+        {"epoch": e}
+        | {method: finite_or_none(by_epoch.get(e)) for method, by_epoch in losses.items()}
         for e in epochs
     ]

@@ -37,50 +37,32 @@ Trace = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 Tick = Callable[[int, float], None]
 
 
-def updates_per_epoch(spec: MethodSpec, n: int) -> int:
-    """Parameter updates in one epoch over n points."""
-    if spec.method is Method.bgd:
-        return 1
-    return -(-n // spec.batch_size)
-
-
-def _per_map(spec: MethodSpec) -> int:
-    """Batches per composed map: about SEGMENT points."""
-    return max(1, SEGMENT // spec.batch_size)
-
-
 def map_points(spec: MethodSpec) -> int:
     """Points behind one composed map (all but the last): the chunk alignment maps need."""
-    return SEGMENT if spec.method is Method.sgd else _per_map(spec) * spec.batch_size
-
-
-def _build(x: np.ndarray, y: np.ndarray, spec: MethodSpec, lr: float, out: np.ndarray) -> float:
-    """Fill `out` with the maps of one aligned chunk; returns the largest batch λmax."""
     if spec.method is Method.sgd:
-        return point_maps(x, y, lr, out)
-    return batch_maps(x, y, lr, spec.batch_size, _per_map(spec), out)
+        return SEGMENT
+    return max(1, SEGMENT // spec.batch_size) * spec.batch_size
 
 
 def epoch_maps(
-    chunks: Iterable[Chunk],
-    n: int,
-    spec: MethodSpec,
-    lr: float | None = None,
-    beat: Callable[[], None] | None = None,
+    chunks: Iterable[Chunk], n: int, spec: MethodSpec, beat: Callable[[], None] | None = None
 ) -> tuple[np.ndarray, float]:
-    """Segment maps of one epoch (chunks aligned to the map size) and the largest batch λmax.
+    """Segment maps of one epoch (chunks aligned to map_points) and the largest batch λmax.
 
     `beat()` is called after each chunk.
     """
     step = map_points(spec)
     maps = np.empty((-(-n // step), 6))
     done, lam = 0, 0.0
-    rate = spec.lr if lr is None else lr
     for x, y in chunks:
         count = -(-x.shape[0] // step)
         if done + count > maps.shape[0]:
             raise ValueError(f"the data holds more than the {n} points expected")
-        lam = max(lam, _build(x, y, spec, rate, maps[done : done + count]))
+        out = maps[done : done + count]
+        if spec.method is Method.sgd:
+            point_maps(x, y, spec.lr, out)
+        else:
+            lam = max(lam, batch_maps(x, y, spec.lr, spec.batch_size, step // spec.batch_size, out))
         done += count
         if beat is not None:
             beat()
@@ -89,25 +71,23 @@ def epoch_maps(
     return maps, lam
 
 
-def batch_lambda_max(chunks: Iterable[Chunk], n: int, spec: MethodSpec) -> float:
-    """Largest λmax of the MSE Hessian over the mini-batches, visited as `chunks` gives them."""
-    return epoch_maps(chunks, n, spec, lr=0.0)[1]
-
-
 def _exact_epoch(
-    visits: Visits, epoch: int, spec: MethodSpec, w: float, b: float
-) -> tuple[float, float, int]:
-    """One epoch update by update; stops at the first non-finite parameter."""
-    done = 0
-    for x, y in visits.chunks(epoch, spec.batch_size):
+    visits: Visits, e: int, spec: MethodSpec, rows: np.ndarray, updates: np.ndarray
+) -> bool:
+    """Run epoch e update by update; False when a parameter stops being finite (training stops)."""
+    w, b, done = rows[1, e], rows[2, e], 0
+    for x, y in visits.chunks(e, spec.batch_size):
         if spec.method is Method.sgd:
             w, b, made = point_pass(x, y, w, b, spec.lr)
         else:
             w, b, made = batch_pass(x, y, w, b, spec.lr, spec.batch_size)
         done += made
         if not (math.isfinite(w) and math.isfinite(b)):
-            break
-    return w, b, done
+            stop(rows, updates, e, done)
+            return False
+    rows[1, e + 1], rows[2, e + 1] = w, b
+    updates[e + 1] = updates[e] + done
+    return True
 
 
 def _stable(spec: MethodSpec, stats: Moments, batch_lambda: float) -> bool:
@@ -138,40 +118,39 @@ def train_fast(
     rows = np.empty((3, epochs + 1))
     rows[1, 0], rows[2, 0] = spec.w0, spec.b0
     updates = np.zeros(epochs + 1, dtype=np.int64)
-    per_epoch = updates_per_epoch(spec, visits.n)
-    step = map_points(spec)
-    rebuild = spec.method is not Method.bgd and not visits.fixed and _stable(spec, stats, 0.0)
-    lam: float | None = None
-    maps = np.empty((0, 6))
-    e, status = 0, DONE
+    per_epoch = 1 if spec.method is Method.bgd else -(-visits.n // spec.batch_size)
+    e, status, lam = 0, DONE, None
 
     def beat() -> None:
         if tick is not None:
             tick(e, float(mse(rows[1, e], rows[2, e], summary)))
 
-    if spec.method is Method.sgd and not _stable(spec, stats, 0.0):
+    def maps_of(epoch: int) -> tuple[np.ndarray, float]:
+        chunks = visits.chunks(epoch, map_points(spec))
+        maps, found = epoch_maps(chunks, visits.n, spec, beat)
+        return (maps if _stable(spec, stats, found) else _ONE_BY_ONE), found
+
+    maps = None  # built afresh every epoch
+    if spec.method is Method.bgd:
+        maps = np.empty((0, 6))  # none: run_epochs steps from the moments
+    elif spec.method is Method.sgd and not _stable(spec, stats, 0.0):
         maps = _ONE_BY_ONE
-    elif spec.method is not Method.bgd and visits.fixed:
-        maps, found = epoch_maps(visits.chunks(0, step), visits.n, spec, beat=beat)
-        maps = maps if _stable(spec, stats, found) else _ONE_BY_ONE
+    elif visits.fixed:
+        maps, found = maps_of(0)
         lam = found if spec.method is Method.minibatch else None
+    rebuild = maps is None
 
     stride = 1 if rebuild or maps is _ONE_BY_ONE else max(1, epochs // 10)
     while e < epochs and status != STOPPED:
         if rebuild:
-            maps, found = epoch_maps(visits.chunks(e, step), visits.n, spec, beat=beat)
-            maps = maps if _stable(spec, stats, found) else _ONE_BY_ONE
+            maps, _ = maps_of(e)
         e, status = run_epochs(
             maps, summary, spec.lr, e, min(e + stride, epochs), rows, updates, per_epoch
         )
         if status == EXACT:
-            w, b, done = _exact_epoch(visits, e, spec, rows[1, e], rows[2, e])
-            if math.isfinite(w) and math.isfinite(b):
-                rows[1, e + 1], rows[2, e + 1] = w, b
-                updates[e + 1] = updates[e] + done
-                e += 1
+            if _exact_epoch(visits, e, spec, rows, updates):
+                e, status = e + 1, DONE
             else:
-                stop(rows, updates, e, done)
                 status = STOPPED
         if status != STOPPED and e < epochs:
             beat()

@@ -84,15 +84,6 @@ def _point_step(m, xi, yi, lr2):
     return m11, m21, m12, m22, v1, v2
 
 
-@njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _points_map(x, y, lo, hi, lr2):
-    """The map of per-point SGD over points lo..hi-1, composed one point at a time."""
-    m = _IDENTITY
-    for i in range(lo, hi):
-        m = _point_step(m, np.float64(x[i]), y[i], lr2)
-    return m
-
-
 @njit(cache=True, nogil=True)
 def _column(maps, i):
     """Map i of maps stored one component per row."""
@@ -133,10 +124,11 @@ def point_maps(x, y, lr, out):
         for q in range(6):
             out[s, q] = m[q]
     if full < out.shape[0]:
-        m = _points_map(x, y, full * SEGMENT, n, lr2)
+        m = _IDENTITY
+        for k in range(full * SEGMENT, n):
+            m = _point_step(m, np.float64(x[k]), y[k], lr2)
         for q in range(6):
             out[full, q] = m[q]
-    return 0.0
 
 
 @njit(cache=True, nogil=True, fastmath=_FASTMATH)

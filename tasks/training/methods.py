@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 
@@ -12,13 +14,14 @@ from tasks.params import Method, MethodSpec
 from tasks.stats import Moments
 from tasks.stats import moments as compute_moments
 from tasks.training.divergence import bound_formula, divergence_reason, stability_bound
-from tasks.training.fast import Trace, batch_lambda_max, train_fast
+from tasks.training.fast import Trace, epoch_maps, train_fast
 from tasks.training.kernels import warm_up
 from tasks.training.visits import (
     Chunk,
     Visits,
     array_visits,
     epoch_order,
+    shuffled,
     stream_visits,
     streams_rows,
 )
@@ -27,35 +30,36 @@ from tasks.training.visits import (
 PROGRESS_SECONDS = 2.0
 
 Progress = Callable[[int, float], None]
+T = TypeVar("T")
 
 
-class _Ticker:
-    """Passes progress on about every tenth of the epochs and at least every PROGRESS_SECONDS."""
+def _timed(
+    run: Callable[[Progress | None], T], epochs: int, progress: Progress | None
+) -> tuple[T, float]:
+    """`run(tick)` and its wall time, less the time spent in `progress`.
 
-    def __init__(self, progress: Progress | None, epochs: int) -> None:
-        self.progress = progress
-        self.epochs = epochs
-        self.stride = max(1, epochs // 10)
-        self.next = self.stride
-        self.last = time.monotonic()
-        self.spent = 0.0  # seconds spent in `progress`, kept out of the training time
+    `tick` passes progress on about every tenth of the epochs and at least every
+    PROGRESS_SECONDS; it is None when nobody listens.
+    """
+    stride = max(1, epochs // 10)
+    due, last, spent = stride, time.monotonic(), 0.0
 
-    def __call__(self, epoch: int, loss: float) -> None:
+    def tick(epoch: int, loss: float) -> None:
+        nonlocal due, last, spent
         now = time.monotonic()
-        due = epoch >= self.next or epoch == self.epochs or now - self.last >= PROGRESS_SECONDS
-        if self.progress is not None and due:
-            self.next = (epoch // self.stride + 1) * self.stride
-            self.progress(epoch, loss)
-            self.last = time.monotonic()
-            self.spent += self.last - now
+        if epoch >= due or epoch == epochs or now - last >= PROGRESS_SECONDS:
+            due = (epoch // stride + 1) * stride
+            progress(epoch, loss)
+            last = time.monotonic()
+            spent += last - now
+
+    start = time.perf_counter()
+    result = run(tick if progress is not None else None)
+    return result, time.perf_counter() - start - spent
 
 
 def _history(
-    spec: MethodSpec,
-    trace: Trace,
-    wall_time: float,
-    stats: Moments,
-    batch_lambda: float | None,
+    spec: MethodSpec, trace: Trace, wall_time: float, stats: Moments, batch_lambda: float | None
 ) -> History:
     loss, w, b, updates = trace
     bound = stability_bound(spec, stats, batch_lambda)
@@ -89,19 +93,13 @@ def train_visits(
 ) -> History:
     """Train one method with the fast engine on data of any size, as `visits` serves it.
 
-    Mini-batch descent on shuffled visits needs `batch_lambda` (see stability_bound). The wall
-    time covers every pass over the data and the epochs; compiling the kernels (for data of
-    `dtype`) comes before the clock starts, and time spent in `progress` is left out.
+    Mini-batch descent on shuffled visits needs `batch_lambda` (see stability_bound). Compiling
+    the kernels (for data of `dtype`) comes before the clock starts.
     """
-    if spec.engine != "fast":
-        raise ValueError(f"the {spec.engine} engine needs the data in memory: use train()")
     warm_up(dtype)
-    tick = _Ticker(progress, spec.epochs)
-    start = time.perf_counter()
-    trace, found = train_fast(visits, spec, stats, tick if progress else None)
-    wall_time = time.perf_counter() - start - tick.spent
-    lam = found if found is not None else batch_lambda
-    return _history(spec, trace, wall_time, stats, lam)
+    run = partial(train_fast, visits, spec, stats)
+    (trace, found), wall_time = _timed(run, spec.epochs, progress)
+    return _history(spec, trace, wall_time, stats, batch_lambda if found is None else found)
 
 
 def train_stored(
@@ -123,7 +121,7 @@ def train_stored(
 def in_order_batch_lambda(x: np.ndarray, y: np.ndarray, spec: MethodSpec) -> float:
     """The largest batch λmax over the batches of (x, y) in stored order."""
     warm_up(str(x.dtype))
-    return batch_lambda_max([(x, y)], x.shape[0], spec)
+    return epoch_maps([(x, y)], x.shape[0], spec)[1]
 
 
 def train(
@@ -135,13 +133,13 @@ def train(
 ) -> History:
     """Train one method on in-memory (x, y) in spec.dtype and return its per-epoch history.
 
-    `progress(epoch, loss)` hears about every tenth of the epochs, and at least every
-    PROGRESS_SECONDS while epochs finish, with the full-data loss after `epoch` epochs. The
+    `progress(epoch, loss)` hears the full-data loss after `epoch` epochs (see _timed). The
     reference engine's wall time covers its epochs only.
     """
     stats = moments if moments is not None else compute_moments(x, y)
-    shuffled = spec.shuffle and spec.method is not Method.bgd
-    needs_lambda = spec.method is Method.minibatch and (shuffled or spec.engine == "reference")
+    needs_lambda = spec.method is Method.minibatch and (
+        shuffled(spec) or spec.engine == "reference"
+    )
     batch_lambda = in_order_batch_lambda(x, y, spec) if needs_lambda else None
     if spec.engine == "fast":
         visits = array_visits(x, y, spec)
@@ -150,9 +148,7 @@ def train(
     from tasks.training.reference import check_device, train_reference
 
     check_device(spec.device)
-    order = (lambda e: epoch_order(x.shape[0], spec.shuffle_seed, e)) if shuffled else None
-    tick = _Ticker(progress, spec.epochs)
-    start = time.perf_counter()
-    trace = train_reference(x, y, spec, order, spec.device, tick if progress else None)
-    wall_time = time.perf_counter() - start - tick.spent
+    order = (lambda e: epoch_order(x.shape[0], spec.shuffle_seed, e)) if shuffled(spec) else None
+    run = partial(train_reference, x, y, spec, order, spec.device)
+    trace, wall_time = _timed(run, spec.epochs, progress)
     return _history(spec, trace, wall_time, stats, batch_lambda)

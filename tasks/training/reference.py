@@ -96,7 +96,7 @@ def train_reference(
                 tick(e, loss[e])
             if not math.isfinite(loss[e]):
                 break
-            if order is not None and spec.method is not Method.bgd:
+            if order is not None:
                 perm = torch.as_tensor(order(e), device=device)
                 xe, ye = xt[perm], yt[perm]
             else:

@@ -33,6 +33,11 @@ class Visits:
     fixed: bool
 
 
+def shuffled(spec: MethodSpec) -> bool:
+    """Whether epochs visit the points in shuffled order (BGD's one batch has none)."""
+    return spec.shuffle and spec.method is not Method.bgd
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The order in which a shuffled epoch visits the n points."""
     return np.random.default_rng([seed, epoch]).permutation(n)
@@ -65,7 +70,7 @@ def aligned(chunks: Iterable[Chunk], multiple: int) -> Iterator[Chunk]:
 def array_visits(x: np.ndarray, y: np.ndarray, spec: MethodSpec) -> Visits:
     """In-memory data: visited in stored order, or gathered piece by piece in epoch order."""
     n = x.shape[0]
-    if not (spec.shuffle and spec.method is not Method.bgd):
+    if not shuffled(spec):
         return Visits(n, lambda _epoch, _multiple: [(x, y)], fixed=True)
 
     def gathered(epoch: int, multiple: int) -> Iterator[Chunk]:
@@ -84,13 +89,12 @@ def stream_visits(n: int, read: Callable[[], Iterable[Chunk]]) -> Visits:
 
 
 def streams_rows(rows: int, spec: MethodSpec) -> bool:
-    """Whether training reads a stored data set of `rows` rows pass by pass from disk instead of
-    holding it in memory.
+    """Whether training reads a stored data set of `rows` rows from disk on every pass.
 
     The fast engine streams data larger than IN_MEMORY_BYTES, and never loads data for batch
     gradient descent, which needs only the moments; the reference engine and shuffled epochs
     need the data in memory.
     """
-    if spec.engine != "fast" or (spec.shuffle and spec.method is not Method.bgd):
+    if spec.engine != "fast" or shuffled(spec):
         return False
     return spec.method is Method.bgd or rows * 8 > IN_MEMORY_BYTES

@@ -20,12 +20,14 @@ from prefect.logging.handlers import APILogWorker
 from tasks import steps
 from tasks.data.dataset import DatasetRef, load_columns, stream_columns
 from tasks.data.synthetic import write_synthetic
-from tasks.params import DataSpec, Method, MethodSpec
+from tasks.params import Method, MethodSpec
 from tasks.training import visits
 from tasks.training.methods import train_stored
 from tasks.training.visits import streams_rows
+from tests.specs import data_spec
+from tests.training_helpers import make_spec
 
-SPEC = DataSpec(n_samples=2_200_000, seed=3)  # three row groups, the last one short
+SPEC = data_spec(n_samples=2_200_000, seed=3)  # three row groups, the last one short
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> DatasetRef:
 
 def method(name: Method, **kw: object) -> MethodSpec:
     batch = 10 if name is Method.minibatch else 1
-    fields = {"lr": 0.01, "epochs": 4, "w0": -10.0, "b0": -20.0, "batch_size": batch}
-    return MethodSpec(method=name, **fields | kw)
+    fields = {"lr": 0.01, "epochs": 4, "batch_size": batch, "dtype": "float32"}
+    return make_spec(name, **fields | kw)
 
 
 def trained(dataset: DatasetRef, spec: MethodSpec):

@@ -12,10 +12,10 @@ import pytest
 from tasks.data.dataset import DatasetRef, load_columns, stream_columns, write_dataset
 from tasks.data.synthetic import generate, generate_chunks, write_synthetic
 from tasks.errors import CorruptFileError
-from tasks.params import DataSpec
 from tasks.storage import FileRecord, is_intact
+from tests.specs import data_spec
 
-SPEC = DataSpec(n_samples=2_200_000, seed=3)  # three row groups, the last one short
+SPEC = data_spec(n_samples=2_200_000, seed=3)  # three row groups, the last one short
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +62,11 @@ def test_a_file_changed_after_a_verified_read_is_checked_again(dataset, tmp_path
 
 def test_a_failed_write_leaves_nothing_behind(tmp_path) -> None:
     target = tmp_path / "d.parquet"
-    write_synthetic(DataSpec(), target)
+    write_synthetic(data_spec(), target)
     before = target.read_bytes()
 
     def exploding() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        yield from generate_chunks(DataSpec(n_samples=3000), chunk_rows=1024)
+        yield from generate_chunks(data_spec(n_samples=3000), chunk_rows=1024)
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):

@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 
 from tasks import digest
-from tasks.params import DataSpec, RunParams
+from tasks.params import RunParams
+from tests.specs import data_spec
 
 
 def test_a_digest_is_the_same_in_another_process() -> None:
-    here = digest.stable_digest(RunParams(), DataSpec(), [1.5, "x"], Path("/a"))
+    here = digest.stable_digest(RunParams(), data_spec(), [1.5, "x"], Path("/a"))
     script = (
         "from pathlib import Path; from tasks import digest; from tasks.params import *; "
-        "print(digest.stable_digest(RunParams(), DataSpec(), [1.5, 'x'], Path('/a')))"
+        "print(digest.stable_digest(RunParams(), RunParams().data_spec(), [1.5, 'x'], Path('/a')))"
     )
     there = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
@@ -26,9 +27,9 @@ def test_a_digest_is_the_same_in_another_process() -> None:
 
 
 def test_a_digest_changes_with_any_part() -> None:
-    base = digest.stable_digest(DataSpec(), "train")
-    assert digest.stable_digest(DataSpec(seed=1), "train") != base
-    assert digest.stable_digest(DataSpec(), "generate") != base
+    base = digest.stable_digest(data_spec(), "train")
+    assert digest.stable_digest(data_spec(seed=1), "train") != base
+    assert digest.stable_digest(data_spec(), "generate") != base
 
 
 @pytest.fixture

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from tasks.history import History
-from tasks.params import Method, MethodSpec
+from tasks.params import Method
 from tasks.training.divergence import DIVERGENCE_FACTOR
 from tasks.training.methods import train
+from tests.training_helpers import make_spec
 
 ENGINES = ["fast", "reference"]
 SEEDS = [0, 1, 7]
@@ -84,9 +85,7 @@ def ours(
     X: torch.Tensor, Y: torch.Tensor, method: Method, lr: float, epochs: int, engine: str
 ) -> History:
     """Our history for the tutorial's start, in float32 like the tutorial's data."""
-    spec = MethodSpec(
-        method=method, lr=lr, epochs=epochs, w0=-10.0, b0=-20.0, batch_size=1, engine=engine
-    )
+    spec = make_spec(method, lr, epochs, engine=engine, dtype="float32")
     return train(X.numpy().ravel(), Y.numpy().ravel(), spec)
 
 
