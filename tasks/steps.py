@@ -7,7 +7,6 @@ are imported inside the tasks that use them, so a run whose steps are all cached
 from __future__ import annotations
 
 import json
-import math
 import time
 from functools import partial
 from pathlib import Path
@@ -156,10 +155,6 @@ def _histories(results: list[MethodResult]) -> list[History]:
     return histories
 
 
-def _json_safe(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def _figure_is_current(drawn: Path, inputs: str, *figures: Path) -> bool:
     """True when the figure files exist and were drawn from exactly these inputs."""
     try:
@@ -173,7 +168,7 @@ def publish_report(
     dataset: DatasetRef, results: list[MethodResult], params: RunParams, data_dir: str
 ) -> ReportRef:
     """Draw the comparison figure and publish it with the results tables."""
-    from tasks.report import figure, tables  # matplotlib: only when a report is drawn
+    from tasks.report import tables
 
     files = paths.report_files(Path(data_dir), params)
     histories = _histories(results)
@@ -184,6 +179,8 @@ def publish_report(
     hashes = [read_manifest(Path(r.history)).sha256 for r in results]  # type: ignore[union-attr]
     inputs = stable_digest(dataset.file.sha256, hashes, caption, code_version())
     if not _figure_is_current(drawn, inputs, png, svg):
+        from tasks.report import figure  # matplotlib (0.7 s): only when a figure is drawn
+
         drawing = figure.build_figure(
             histories,
             np.asarray(dataset.preview_x),
@@ -210,7 +207,10 @@ def publish_report(
     contents = {
         "params": params.model_dump(mode="json"),
         "dataset": dataset.file.model_dump(),
-        "results": [{k: _json_safe(v) for k, v in row.items()} for row in rows],
+        "results": [
+            {k: tables.finite_or_none(v) if isinstance(v, float) else v for k, v in row.items()}
+            for row in rows
+        ],
     }
     write_bytes_atomic(summary, json.dumps(contents, indent=2).encode())
     get_run_logger().info("Figure: %s", png)
@@ -238,7 +238,7 @@ def publish_sweep(
     data_dir: str,
 ) -> SweepReport:
     """Draw the sweep figure, publish it with a table of every run, store all histories."""
-    from tasks.report import figure, sweep_figure, sweep_tables  # matplotlib: see above
+    from tasks.report import figure, sweep_figure, sweep_tables  # matplotlib: a sweep draws
 
     files = paths.report_files(Path(data_dir), params)
     histories = _histories(results)
