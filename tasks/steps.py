@@ -29,9 +29,9 @@ from tasks.cache import intact_output
 from tasks.data.dataset import DatasetRef, load_columns, stream_columns
 from tasks.data.userfile import SourceFile, ingest
 from tasks.digest import code_version, stable_digest
-from tasks.history import History, MethodResult, read_history, write_history
+from tasks.history import MethodResult, read_history, write_history
 from tasks.params import Cell, DataSpec, MethodSpec, RunParams, SweepParams
-from tasks.storage import read_manifest, write_bytes_atomic, write_parquet
+from tasks.storage import FileRecord, read_manifest, write_bytes_atomic, write_parquet
 
 # A method shows a Prefect progress artifact once it has trained this long.
 SHOW_PROGRESS_AFTER_S = 3.0
@@ -144,15 +144,15 @@ def train_method(dataset: DatasetRef, spec: MethodSpec, data_dir: str) -> Method
     return result
 
 
-def _histories(results: list[MethodResult]) -> list[History]:
-    """The stored histories of `results`, each checked against its content hash."""
-    histories = []
+def _records(results: list[MethodResult]) -> list[FileRecord]:
+    """The manifests of the results' stored histories (content hash, size, time on disk)."""
+    records = []
     for result in results:
         record = read_manifest(Path(result.history))
         if record is None:
             raise FileNotFoundError(f"history {result.history} is missing; run again")
-        histories.append(read_history(record))
-    return histories
+        records.append(record)
+    return records
 
 
 def _figure_is_current(drawn: Path, inputs: str, *figures: Path) -> bool:
@@ -171,12 +171,13 @@ def publish_report(
     from tasks.report import tables
 
     files = paths.report_files(Path(data_dir), params)
-    histories = _histories(results)
+    records = _records(results)
+    histories = [read_history(record) for record in records]
     caption = tables.caption(params, dataset.source)
     # The user's own data has no known true line: the synthetic slope/intercept do not apply.
     slope, intercept = (None, None) if params.data else (params.slope, params.intercept)
     png, svg, drawn = files.png, files.svg, files.drawn_from
-    hashes = [read_manifest(Path(r.history)).sha256 for r in results]  # type: ignore[union-attr]
+    hashes = [record.sha256 for record in records]
     inputs = stable_digest(dataset.file.sha256, hashes, caption, code_version())
     if not _figure_is_current(drawn, inputs, png, svg):
         from tasks.report import figure  # matplotlib (0.7 s): only when a figure is drawn
@@ -241,7 +242,7 @@ def publish_sweep(
     from tasks.report import figure, sweep_figure, sweep_tables  # matplotlib: a sweep draws
 
     files = paths.report_files(Path(data_dir), params)
-    histories = _histories(results)
+    histories = [read_history(record) for record in _records(results)]
     by_seed = dict(zip(params.seeds, datasets, strict=True))
     floors = {seed: sweep_tables.floor_loss(d.stats()) for seed, d in by_seed.items()}
     rows = sweep_tables.cell_rows(cells, results, histories, floors)
