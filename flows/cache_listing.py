@@ -114,12 +114,10 @@ def summarize(entries: list[Entry], now: float) -> dict[str, Area]:
 
 def format_size(size: int) -> str:
     """A size in bytes as people read it: 512 B, 3.4 MiB."""
-    value, unit = float(size), "B"
-    for bigger in ("KiB", "MiB", "GiB"):
-        if value < 1024:
-            break
-        value, unit = value / 1024, bigger
-    return f"{size} B" if unit == "B" else f"{value:,.1f} {unit}"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:,.1f} {unit}"
+    return f"{size} B"
 
 
 def format_age(seconds: float) -> str:

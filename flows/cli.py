@@ -15,17 +15,14 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
+from functools import partial
 from typing import Annotated, Any
 
 from cyclopts import App, CycloptsError, Parameter, UnusedCliTokensError
 from pydantic import PlainValidator
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from flows.cache_listing import collect, format_age, format_size, parse_age, remove, summarize
+from flows import terminal
+from flows.cache_listing import collect, parse_age, remove, summarize
 from flows.preflight import (
     check_run,
     check_sweep,
@@ -77,72 +74,36 @@ app = App(
 )
 
 
-def _stdout() -> Console:
-    return Console() if sys.stdout.isatty() else Console(width=120)  # no squeezing when piped
-
-
 def _note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _error(message: str) -> None:
-    """The one line on stderr that every failure gdflow can explain is reported in."""
+def _error(message: str, exit_code: int) -> int:
+    """Report a failure gdflow can explain in its one line on stderr; return the exit code."""
     _note("gdflow: error: " + " ".join(message.splitlines()))
+    return exit_code
 
 
 def _finish(state: Any, what: str, as_json: bool, show: Callable[[Any, str], None]) -> int:
     """Print a finished flow run's result (JSON, or `show(result, title)`), or the one line
     saying why it did not complete; return the exit code."""
-    run = {"id": str(state.state_details.flow_run_id), "state": state.name}
+    run_id = str(state.state_details.flow_run_id)
     if not state.is_completed():
         error = explain_failure(state.result(raise_on_failure=False))
         error = error or BrokenEnvironment(f"the {what} ended {state.name}: {state.message}")
         if not as_json:
             raise error  # the one line of run_command
-        print(json.dumps({"flow_run": run, "error": str(error)}))
+        print(json.dumps({"flow_run": {"id": run_id, "state": state.name}, "error": str(error)}))
         return error.exit_code
     result = state.result()
     name = result.flow_run_name
-    if as_json:
-        flow_run = {"id": run["id"], "name": name, "state": state.name}
-        # pydantic writes NaN and infinities as null: the output is strict JSON
-        fields = json.loads(result.model_dump_json(exclude={"flow_run_name"}))
-        print(json.dumps({"flow_run": flow_run, **fields}))
-    else:
+    if not as_json:
         show(result, f"{name} · {state.name}")
+        return 0
+    # pydantic writes NaN and infinities as null: the output is strict JSON
+    fields = json.loads(result.model_dump_json(exclude={"flow_run_name"}))
+    print(json.dumps({"flow_run": {"id": run_id, "name": name, "state": state.name}, **fields}))
     return 0
-
-
-def _print_run(result: Any, title: str, table_of: str | None) -> None:
-    table = Table(title=f"gd-comparison · {title}", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("method", "step", "final loss", "w", "b", "updates", "time (s)", "status"):
-        justify = "left" if column in ("method", "status") else "right"
-        table.add_column(column, justify=justify, no_wrap=True)
-    for name, m in result.methods.items():
-        status = Text("diverged", "red") if m.diverged else Text("converged", "green")
-        fitted = (f"{v:.4g}" for v in (m.final_loss, m.final_w, m.final_b))
-        table.add_row(name, f"{m.lr:g}", *fitted, f"{m.updates:,}", f"{m.wall_time_s:.3f}", status)
-    out = _stdout()
-    out.print(table)
-    for name, m in result.methods.items():
-        if m.diverged:
-            out.print(Text.assemble((f"{name} diverged:", "red"), f" {m.reason}"), soft_wrap=True)
-    out.print(Text(f"Figure: {result.figure}"), soft_wrap=True)
-    if not table_of:
-        return
-    # The tutorial's table of one method. pyarrow, loaded here: a request refused for its
-    # options never waits for it (0.3 s).
-    from tasks.history import read_history
-    from tasks.storage import read_manifest
-
-    history = result.methods[table_of].history
-    record = read_manifest(Path(history))
-    if record is None:
-        raise BrokenEnvironment(f"the history of {table_of} is gone from {history}; run again")
-    h = read_history(record)
-    print(f"{table_of}: epoch, loss at its start, w and b at its end")
-    for i in range(h.epochs):
-        print(f"{i}, {float(h.loss[i])!r}, {float(h.w[i + 1])!r}, {float(h.b[i + 1])!r}")
 
 
 @app.command
@@ -170,36 +131,9 @@ def run(
     if not as_json:
         _note(f"Running gd-comparison on {target} ...")
     quiet_known_tracebacks()
-    state = gd_comparison(params=params, return_state=True)
-    return _finish(state, "run", as_json, lambda result, title: _print_run(result, title, table))
-
-
-def _runs(count: int) -> str:
-    return f"{count} run" if count == 1 else f"{count} runs"
-
-
-def _print_sweep(result: Any, title: str) -> None:
-    title = f"gd-sweep · {title} · best step size per batch size"
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    columns = ("batch", "method", "best step", "loss − floor", "epochs to target", "bound")
-    for column in (*columns, "diverged at"):
-        table.add_column(column, justify="left" if column == "method" else "right")
-    for b in result.best:
-        found = b["best_lr"] is not None
-        table.add_row(
-            f"{b['batch_size']:,}",
-            b["method"],
-            f"{b['best_lr']:g}" if found else Text("all diverged", "red"),
-            f"{b['excess_loss']:.3g}" if found else "",
-            "not reached" if b["epochs_to_target"] is None else f"{b['epochs_to_target']:g}",
-            f"{b['stability_bound']:.3g}",
-            ", ".join(f"{lr:g}" for lr in b["diverged_lrs"]) or "none",
-        )
-    out = _stdout()
-    out.print(table)
-    cached = f"{_runs(result.cells)} ({result.cached} from the cache), {result.diverged} diverged"
-    for line in (cached, f"Figure: {result.figure}", f"All histories: {result.histories}"):
-        out.print(Text(line), soft_wrap=True)
+    with terminal.progress_bars(shown=not as_json):
+        state = gd_comparison(params=params, return_state=True)
+    return _finish(state, "run", as_json, partial(terminal.print_run, table_of=table))
 
 
 @app.command
@@ -237,10 +171,12 @@ def sweep(
     if not as_json:
         where = "a new local Dask cluster" if dask else "threads of this process"
         where = f"the Dask cluster at {dask_address}" if dask_address else where
-        cells = _runs(len(params.cells()))
+        cells = terminal.runs(len(params.cells()))
         _note(f"Running gd-sweep ({cells} on {where}) on {target} ...")
     quiet_known_tracebacks()
-    return _finish(run_sweep(params, runner), "sweep", as_json, _print_sweep)
+    with terminal.progress_bars(shown=not as_json):
+        state = run_sweep(params, runner)
+    return _finish(state, "sweep", as_json, terminal.print_sweep)
 
 
 @app.command
@@ -306,15 +242,8 @@ def cache(
     if not chosen:
         print(f"{title}: nothing")
         return 0
-    table = Table(box=box.SIMPLE_HEAD)
-    for column in ("area", "entries", "size", "oldest"):
-        table.add_column(column, justify="left" if column == "area" else "right")
-    for name, a in areas.items():
-        table.add_row(name, f"{a.entries:,}", format_size(a.bytes), format_age(a.oldest_s))
-    table.add_row("total", f"{len(chosen):,}", format_size(sum(e.size for e in chosen)), "")
-    out = _stdout()
-    out.print(Text(title), soft_wrap=True)  # a long data directory stays on one line
-    out.print(table)
+    print(title)
+    terminal.print_areas(areas, sum(e.size for e in chosen))
     return 0
 
 
@@ -334,11 +263,9 @@ def run_command(tokens: list[str]) -> int:
     try:
         code = app(tokens, exit_on_error=False, print_error=False)
     except CycloptsError as exc:
-        _error(describe_usage_error(exc))
-        return EXIT_BAD_INPUT
+        return _error(describe_usage_error(exc), EXIT_BAD_INPUT)
     except GdflowError as exc:
-        _error(str(exc))
-        return exc.exit_code
+        return _error(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         # Task threads finish the work they were given before the process can exit; what they
         # log then is about a run that is over (and the log service has stopped): drop it.
@@ -351,7 +278,9 @@ def run_command(tokens: list[str]) -> int:
 def main() -> None:
     """The `gdflow` program."""
     # Prefect reads these when it is first imported, which the commands do.
+    # Analytics off, the server's and the client's (which asks the server in the background).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     # A temporary server on a fresh Prefect home, on a busy machine, can take longer than 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     sys.exit(run_command(sys.argv[1:]))

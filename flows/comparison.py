@@ -7,42 +7,24 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
-from pydantic import BaseModel
 
 from tasks.cache import in_data_dir
 from tasks.data.dataset import DatasetRef
 from tasks.data.userfile import stat_source
-from tasks.history import MethodResult
 from tasks.params import RunParams
 from tasks.paths import resolve_data_dir
-from tasks.steps import generate_dataset, load_user_data, publish_report, train_method
+from tasks.steps import RunReport, generate_dataset, load_user_data, publish_report, train_method
 
 
-class DatasetInfo(BaseModel):
-    """The data set a run trained on."""
-
-    path: str
-    sha256: str
-    rows: int
-    source: str
-
-
-class RunResult(BaseModel):
-    """What a comparison run returns: its data set, each method's result, its report files."""
+class RunResult(RunReport):
+    """What a comparison run returns: its report, the flow run's name and the data directory."""
 
     flow_run_name: str
-    dataset: DatasetInfo
-    methods: dict[str, MethodResult]
-    figure: str
-    figure_svg: str
-    summary: str
     data_dir: str
 
 
 def _run_name() -> str:
-    params = flow_run.parameters.get("params")
-    if not isinstance(params, RunParams):
-        params = RunParams.model_validate(params or {})
+    params = RunParams.model_validate(flow_run.parameters.get("params") or {})
     data = Path(params.data).stem if params.data else f"n{params.n_samples}"
     methods = "+".join(m.value for m in params.methods)
     return f"{params.preset}-{data}-e{params.epochs}-{methods}"
@@ -92,18 +74,4 @@ def gd_comparison(params: RunParams | None = None) -> RunResult:
     results = [run.result() for run in runs]
     # 3. the figure, tables and artifacts
     report = publish_report(dataset, results, params, str(data_dir))
-
-    return RunResult(
-        flow_run_name=flow_run.name,
-        dataset=DatasetInfo(
-            path=dataset.file.path,
-            sha256=dataset.file.sha256,
-            rows=dataset.file.rows,
-            source=dataset.source,
-        ),
-        methods={r.method: r for r in results},
-        figure=report.figure,
-        figure_svg=report.figure_svg,
-        summary=report.summary,
-        data_dir=str(data_dir),
-    )
+    return RunResult(**report.model_dump(), flow_run_name=flow_run.name, data_dir=str(data_dir))

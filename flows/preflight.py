@@ -74,18 +74,8 @@ def _on_disk(data_dir: Path, spec: DataSpec) -> bool:
 
 
 def _check_machine(data_dir: Path, data_rows: int, history_rows: int, device: str) -> None:
-    """Refuse a data directory without room for the rows to write, or a missing GPU."""
-    needed = data_rows * _DATA_ROW_BYTES + history_rows * _HISTORY_ROW_BYTES + _REPORT_BYTES
-    check_data_dir(data_dir, needed)
-    if device == "cuda":
-        # torch, loaded only to ask it for a GPU: 1-2 s that a CPU run never pays
-        from tasks.training.reference import check_device
-
-        check_device(device)
-
-
-def check_data_dir(data_dir: Path, needed: int) -> None:
-    """Refuse a data directory that cannot be written to or has too little free space."""
+    """Refuse a data directory that cannot be written to or lacks room for the rows to write,
+    or a missing GPU."""
     if data_dir.exists() and not data_dir.is_dir():
         raise InputError(f"--data-dir {data_dir} is a file; give a directory")
     try:
@@ -98,16 +88,18 @@ def check_data_dir(data_dir: Path, needed: int) -> None:
             f"cannot write to the data directory {data_dir} ({exc.strerror or exc}); "
             "fix its permissions or choose another with --data-dir"
         ) from None
+    needed = data_rows * _DATA_ROW_BYTES + history_rows * _HISTORY_ROW_BYTES + _REPORT_BYTES
     free = shutil.disk_usage(data_dir).free
     if free < needed:
         raise BrokenEnvironment(
-            f"not enough free space in {data_dir}: this run needs about {_mib(needed)}, "
-            f"{_mib(free)} is free; free some space or choose another --data-dir"
+            f"not enough free space in {data_dir}: this run needs about {needed / 2**20:,.1f} MiB, "
+            f"{free / 2**20:,.1f} MiB is free; free some space or choose another --data-dir"
         )
+    if device == "cuda":
+        # torch, loaded only to ask it for a GPU: 1-2 s that a CPU run never pays
+        from tasks.training.reference import check_device
 
-
-def _mib(size: int) -> str:
-    return f"{size / 2**20:,.1f} MiB"
+        check_device(device)
 
 
 def explain_failure(exc: BaseException | None) -> GdflowError | None:

@@ -36,11 +36,6 @@ SERVER_STOP_TIMEOUT_S = 20.0
 LOOPBACK = "127.0.0.1"
 
 
-def configured_api() -> str | None:
-    """The Prefect API URL from the environment or the active profile; None means temporary."""
-    return get_current_settings().api.url
-
-
 def api_is_up(api_url: str, timeout: float = 2.0) -> bool:
     """Whether a Prefect server answers its health check at `api_url`."""
     try:
@@ -53,7 +48,7 @@ def api_is_up(api_url: str, timeout: float = 2.0) -> bool:
 def describe_target() -> str:
     """Where flows will run: the configured server, refused if it does not answer, or a
     temporary one."""
-    api = configured_api()
+    api = get_current_settings().api.url  # PREFECT_API_URL or the active profile's
     if not api:
         return "a temporary local Prefect server (start one with `gdflow server` to keep runs)"
     if not api_is_up(api):
@@ -95,7 +90,7 @@ def serve_comparison(
 ) -> None:
     """Serve the comparison with the `given` fields of `params` on a schedule until interrupted."""
     schedule = _schedule(cron, interval)
-    if not configured_api():
+    if not get_current_settings().api.url:
         raise InputError(
             "`gdflow serve` needs a running Prefect server: start one with `gdflow server`, "
             "then set PREFECT_API_URL to the API address it prints"
@@ -111,46 +106,44 @@ def serve_comparison(
     )
 
 
-def _start_server(host: str, port: int, quiet: bool = False) -> subprocess.Popen[bytes]:
-    """`prefect server start` on host:port, analytics off and its UI pointing there; its output
-    on this terminal, or discarded if quiet."""
+@contextlib.contextmanager
+def _prefect_server(host: str, port: int, quiet: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+    """`prefect server start` on host:port (analytics off, its UI pointing there) while the block
+    runs, which starts once the server answers; its output on this terminal, or discarded if
+    quiet. Stopped at the end: asked to shut down, killed after SERVER_STOP_TIMEOUT_S."""
+    api_url = f"http://{host}:{port}/api"
     env = {
         **os.environ,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_API_HOST": host,
         "PREFECT_SERVER_API_PORT": str(port),
-        "PREFECT_API_URL": f"http://{host}:{port}/api",
+        "PREFECT_API_URL": api_url,
     }
     output = subprocess.DEVNULL if quiet else None
     command = [sys.executable, "-m", "prefect", "server", "start"]
-    return subprocess.Popen(command, env=env, stdout=output, stderr=output)
-
-
-def _wait_until_up(server: subprocess.Popen[bytes], api_url: str) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while not api_is_up(api_url, timeout=1.0):
-        if server.poll() is not None:
-            raise BrokenEnvironment(
-                f"the Prefect server exited with code {server.returncode} as it started; "
-                "run `prefect server start` to see why"
-            )
-        if time.monotonic() > deadline:
-            _stop_server(server)
-            raise BrokenEnvironment(
-                f"no answer from the Prefect server in {SERVER_START_TIMEOUT_S:g} s; "
-                "the machine may be overloaded: try again, or start one with `gdflow server`"
-            )
-        time.sleep(0.25)
-
-
-def _stop_server(server: subprocess.Popen[bytes]) -> None:
-    """Ask the server to shut down; kill it if it has not within SERVER_STOP_TIMEOUT_S."""
-    server.terminate()
+    server = subprocess.Popen(command, env=env, stdout=output, stderr=output)
     try:
-        server.wait(timeout=SERVER_STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while not api_is_up(api_url, timeout=1.0):
+            if server.poll() is not None:
+                raise BrokenEnvironment(
+                    f"the Prefect server exited with code {server.returncode} as it started; "
+                    "run `prefect server start` to see why"
+                )
+            if time.monotonic() > deadline:
+                raise BrokenEnvironment(
+                    f"no answer from the Prefect server in {SERVER_START_TIMEOUT_S:g} s; "
+                    "the machine may be overloaded: try again, or start one with `gdflow server`"
+                )
+            time.sleep(0.25)
+        yield server
+    finally:
+        server.terminate()  # nothing to do if it has exited
+        try:
+            server.wait(timeout=SERVER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 @contextlib.contextmanager
@@ -160,18 +153,13 @@ def local_server() -> Iterator[str]:
     For worker processes (a local Dask cluster) that must report to the same server when no
     PREFECT_API_URL is set. Its output is discarded: this command's stdout may be JSON.
     """
-    with contextlib.closing(socket.socket()) as sock:  # a port free at the moment
+    with socket.socket() as sock:  # a port free at the moment
         sock.bind((LOOPBACK, 0))
         port = sock.getsockname()[1]
-    api_url = f"http://{LOOPBACK}:{port}/api"
-    server = _start_server(LOOPBACK, port, quiet=True)
-    try:
-        _wait_until_up(server, api_url)
-        yield api_url
+    with _prefect_server(LOOPBACK, port, quiet=True):
+        yield f"http://{LOOPBACK}:{port}/api"
         # what this process logged for the server reaches it before it stops
         APILogWorker.drain_all(timeout=SERVER_STOP_TIMEOUT_S)
-    finally:
-        _stop_server(server)  # at once if it has exited
 
 
 def ensure_work_pool(api_url: str) -> None:
@@ -187,7 +175,7 @@ def ensure_work_pool(api_url: str) -> None:
 
 def run_server(host: str, port: int) -> int:
     """Run `prefect server start` on host:port until interrupted; print where its UI is."""
-    with contextlib.closing(socket.socket()) as sock:
+    with socket.socket() as sock:
         in_use = sock.connect_ex((host, port)) == 0
     if in_use:
         raise InputError(
@@ -196,27 +184,17 @@ def run_server(host: str, port: int) -> int:
         )
     address = f"http://{host}:{port}"
     api_url = f"{address}/api"
-    server = _start_server(host, port)
-    stopped = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopped
-        stopped = True
-        server.terminate()
-
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stops it as Ctrl-C does
     try:
-        _wait_until_up(server, api_url)
-        ensure_work_pool(api_url)
-        print(
-            f"\nPrefect UI: {address}\n"
-            f"Point gdflow at it from another terminal:  export PREFECT_API_URL={api_url}\n"
-            f"Work pool for prefect.yaml's deployments: {WORK_POOL} (process)\n"
-            "Stop the server with Ctrl-C.",
-            flush=True,
-        )
-        code = server.wait()
-    except KeyboardInterrupt:  # Ctrl-C reaches the server too; give it time to shut down
-        stopped = True
-        _stop_server(server)
-    return 0 if stopped else code
+        with _prefect_server(host, port) as server:
+            ensure_work_pool(api_url)
+            print(
+                f"\nPrefect UI: {address}\n"
+                f"Point gdflow at it from another terminal:  export PREFECT_API_URL={api_url}\n"
+                f"Work pool for prefect.yaml's deployments: {WORK_POOL} (process)\n"
+                "Stop the server with Ctrl-C.",
+                flush=True,
+            )
+            return server.wait()
+    except KeyboardInterrupt:  # Ctrl-C reaches the server too; it was given time to shut down
+        return 0

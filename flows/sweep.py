@@ -7,7 +7,6 @@ import logging
 import os
 import re
 import socket
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,50 +14,29 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-from pydantic import BaseModel
 
 from tasks.cache import in_data_dir
-from tasks.data.dataset import DatasetRef
 from tasks.errors import InputError
 from tasks.params import SweepParams
 from tasks.paths import resolve_data_dir
-from tasks.steps import generate_dataset, publish_sweep, train_method
+from tasks.steps import SweepReport, generate_dataset, publish_sweep, train_method
 
 _ADDRESS = re.compile(r"^(tcp|tls)://[^\s/:]+:\d+$")
-DASK_EXTRA = (
-    "--dask needs gdflow's dask extra (prefect-dask, distributed); "
-    "install it with: pip install -e '.[dask]'"
-)
 
 
-class SweepResult(BaseModel):
-    """What a sweep returns: its data sets, how many cells ran, where its report is."""
+class SweepResult(SweepReport):
+    """What a sweep returns: its report, how many cells came from the cache, the flow run's name
+    and the data directory."""
 
     flow_run_name: str
-    datasets: dict[str, str]
-    cells: int
     cached: int
-    diverged: int
-    best: list[dict[str, Any]]
-    figure: str
-    figure_svg: str
-    histories: str
     data_dir: str
 
 
 def _run_name() -> str:
-    params = flow_run.parameters.get("params")
-    if not isinstance(params, SweepParams):
-        params = SweepParams.model_validate(params or {})
+    params = SweepParams.model_validate(flow_run.parameters.get("params") or {})
     shape = f"{len(params.lrs)}x{len(params.batch_sizes)}x{len(params.seeds)}"
     return f"sweep-n{params.n_samples}-e{params.epochs}-{shape}"
-
-
-def _datasets(params: SweepParams, data_dir: Path) -> list[DatasetRef]:
-    """One data set per seed, generated concurrently (or read from the cache)."""
-    generate = in_data_dir(generate_dataset, data_dir, params.refresh)
-    runs = [generate.submit(params.data_spec(seed), str(data_dir)) for seed in params.seeds]
-    return [run.result() for run in runs]
 
 
 @flow(name="gd-sweep", flow_run_name=_run_name, persist_result=False)
@@ -67,8 +45,12 @@ def gd_sweep(params: SweepParams | None = None) -> SweepResult:
     params = params or SweepParams()
     data_dir = resolve_data_dir(params.data_dir)
 
-    # 1. one data set per seed
-    datasets = dict(zip(params.seeds, _datasets(params, data_dir), strict=True))
+    # 1. one data set per seed, generated concurrently (or read from the cache)
+    generate = in_data_dir(generate_dataset, data_dir, params.refresh)
+    pending = {
+        seed: generate.submit(params.data_spec(seed), str(data_dir)) for seed in params.seeds
+    }
+    datasets = {seed: run.result() for seed, run in pending.items()}
     # 2. one training per cell
     cells = params.cells()
     train = in_data_dir(train_method, data_dir, params.refresh)
@@ -82,19 +64,9 @@ def gd_sweep(params: SweepParams | None = None) -> SweepResult:
     reused = sum(run.state.name == "Cached" for run in runs)
     get_run_logger().info("%d runs, %d of them from the cache", len(cells), reused)
     # 3. the heat map, tables and artifacts
-    report = publish_sweep(cells, results, list(datasets.values()), params, str(data_dir))
-
+    report = publish_sweep(cells, results, datasets, params, str(data_dir))
     return SweepResult(
-        flow_run_name=flow_run.name,
-        datasets={str(seed): d.file.path for seed, d in datasets.items()},
-        cells=len(cells),
-        cached=reused,
-        diverged=report.diverged,
-        best=report.best,
-        figure=report.figure,
-        figure_svg=report.figure_svg,
-        histories=report.histories,
-        data_dir=str(data_dir),
+        **report.model_dump(), flow_run_name=flow_run.name, cached=reused, data_dir=str(data_dir)
     )
 
 
@@ -106,8 +78,7 @@ def check_scheduler(address: str, timeout_s: float = 5.0) -> None:
         )
     parts = urlsplit(address)
     try:
-        with socket.create_connection((parts.hostname, parts.port), timeout=timeout_s):
-            pass
+        socket.create_connection((parts.hostname, parts.port), timeout=timeout_s).close()
     except OSError as exc:
         raise InputError(
             f"no Dask scheduler answers at {address} ({exc.strerror or exc}); "
@@ -133,20 +104,17 @@ def task_runner(
     try:
         from prefect_dask import DaskTaskRunner  # the optional extra gdflow[dask]
     except ImportError:
-        raise InputError(DASK_EXTRA) from None
+        raise InputError(
+            "--dask needs gdflow's dask extra (prefect-dask, distributed); "
+            "install it with: pip install -e '.[dask]'"
+        ) from None
     # Keep Dask's warnings but not its INFO chatter about starting and stopping workers.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # read by worker processes
     logging.getLogger("distributed").setLevel(logging.WARNING)
     if address is not None:
         return DaskTaskRunner(address=address)
-    return DaskTaskRunner(
-        cluster_kwargs={
-            "n_workers": workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": ":0",
-        }
-    )
+    cluster = dict(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+    return DaskTaskRunner(cluster_kwargs=cluster)
 
 
 def run_sweep(params: SweepParams, runner: TaskRunner) -> Any:

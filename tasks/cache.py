@@ -121,35 +121,19 @@ class FlockLockManager(LockManager):
             self.held[key] = (holder, fd)
         return True
 
-    async def aacquire_lock(
-        self,
-        key: str,
-        holder: str,
-        acquire_timeout: float | None = None,
-        hold_timeout: float | None = None,
-    ) -> bool:
-        call = partial(self.acquire_lock, key, holder, acquire_timeout, hold_timeout)
-        return await anyio.to_thread.run_sync(call)
+    async def aacquire_lock(self, *args: Any, **kwargs: Any) -> bool:
+        """acquire_lock, waited for in a worker thread."""
+        return await anyio.to_thread.run_sync(partial(self.acquire_lock, *args, **kwargs))
 
     def release_lock(self, key: str, holder: str) -> None:
         with self.mutex:
-            held = self.held.get(key)
-            if held is None or held[0] != holder:
+            if not self.is_lock_holder(key, holder):
                 raise ValueError(f"no lock on {key!r} is held by {holder}")
-            del self.held[key]
-        os.close(held[1])  # closing the descriptor releases its flock
+            _, fd = self.held.pop(key)
+        os.close(fd)  # closing the descriptor releases its flock
 
     def is_locked(self, key: str) -> bool:
-        if key in self.held:
-            return True
-        try:
-            fd = os.open(self.lock_path(key), os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            return not _flock(fd, fcntl.LOCK_SH, 0)
-        finally:
-            os.close(fd)
+        return key in self.held or not self.wait_for_lock(key, timeout=0)
 
     def is_lock_holder(self, key: str, holder: str) -> bool:
         held = self.held.get(key)

@@ -8,26 +8,18 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 _PACKAGE = Path(__file__).resolve().parent
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def dumps(value: object) -> str:
-    """Compact, key-sorted JSON: the same text for the same value in every process."""
-    return json.dumps(_jsonable(value), sort_keys=True, separators=(",", ":"), default=str)
+    """Compact, key-sorted JSON: the same text for the same value in every process.
+
+    Pydantic models and paths are written in their JSON form, anything else JSON lacks as str().
+    """
+    plain = to_jsonable_python(value, fallback=str)
+    return json.dumps(plain, sort_keys=True, separators=(",", ":"))
 
 
 def stable_digest(*parts: Any) -> str:

@@ -4,14 +4,14 @@ that travels from the training task to the report, the CLI table and the JSON ou
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from tasks.storage import FileRecord, read_verified, write_parquet
+from tasks.storage import FileRecord, iter_row_groups, write_parquet
 
 
 @dataclass
@@ -49,10 +49,6 @@ class History:
     def final_loss(self) -> float:
         return float(self.loss[-1])
 
-    @property
-    def total_updates(self) -> int:
-        return int(self.updates[-1])
-
 
 class MethodResult(BaseModel):
     """One method's training: the facts the report, the CLI table and the JSON output show,
@@ -88,7 +84,7 @@ class MethodResult(BaseModel):
             diverged=bool(history.diverged),
             reason=history.reason,
             stability_bound=float(history.stability_bound),
-            updates=history.total_updates,
+            updates=int(history.updates[-1]),
             wall_time_s=float(history.wall_time_s),
             engine=history.engine,
             dtype=history.dtype,
@@ -106,16 +102,9 @@ _SCHEMA = pa.schema(
     ]
 )
 # The wall time is left out: it differs from run to run, and the file must not.
-_SCALARS = (
-    "method",
-    "diverged",
-    "reason",
-    "stability_bound",
-    "lr",
-    "engine",
-    "dtype",
-    "compute_dtype",
-)
+_SCALARS = [
+    f.name for f in fields(History) if f.name not in {*_SCHEMA.names, "extra", "wall_time_s"}
+]
 
 
 def write_history(history: History, target: Path, context: dict[str, str]) -> FileRecord:
@@ -134,7 +123,7 @@ def write_history(history: History, target: Path, context: dict[str, str]) -> Fi
 
 def read_history(record: FileRecord) -> History:
     """Load a stored history, verifying its content hash; its wall time is None."""
-    table = read_verified(record)
+    table = pa.concat_tables(iter_row_groups(record))
     raw = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     scalars = {k: json.loads(raw[f"gdflow.{k}"]) for k in _SCALARS}
     extra = {

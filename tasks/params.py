@@ -81,10 +81,6 @@ class MethodSpec(BaseModel):
     device: Device
 
 
-# The RunParams field that holds each method's step size.
-LR_FIELDS = {Method.bgd: "bgd_lr", Method.sgd: "sgd_lr", Method.minibatch: "minibatch_lr"}
-
-
 class SharedParams(BaseModel):
     """The options a single run and a sweep have in common: synthetic data, training, output."""
 
@@ -216,7 +212,8 @@ class RunParams(SharedParams):
         return self.data_spec_for(self.seed)
 
     def lr(self, method: Method) -> float:
-        return float(getattr(self, LR_FIELDS[method]))
+        """The step size of `method`: its option <method>_lr."""
+        return float(getattr(self, f"{method.value}_lr"))
 
     def method_spec(self, method: Method, rows: int | None = None) -> MethodSpec:
         """One method's training run on a data set of `rows` points (default n_samples)."""
@@ -291,8 +288,7 @@ class SweepParams(SharedParams):
 
     def method_spec(self, lr: float, batch_size: int) -> MethodSpec:
         """The training run of one grid cell (it does not depend on the seed)."""
-        method = method_for_batch(batch_size, self.n_samples)
-        return self.method_spec_for(method, lr, batch_size)
+        return self.method_spec_for(method_for_batch(batch_size, self.n_samples), lr, batch_size)
 
     def cells(self) -> list[Cell]:
         """Every seed x batch size x step size of the sweep, in that nesting order."""

@@ -22,7 +22,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from tasks import paths
 from tasks.cache import intact_output
@@ -35,16 +35,41 @@ from tasks.storage import FileRecord, read_manifest, write_bytes_atomic, write_p
 
 # A method shows a Prefect progress artifact once it has trained this long.
 SHOW_PROGRESS_AFTER_S = 3.0
+# From then on its progress log records carry the figures in this attribute, for the command
+# line's progress bars (flows.terminal).
+PROGRESS_FIELD = "gdflow_progress"
 
 
-class ReportRef(BaseModel):
-    """Where a run's report files are."""
+class DatasetInfo(BaseModel):
+    """The data set a run trained on: its file record's path, hash and rows, and its source."""
 
-    model_config = ConfigDict(frozen=True)
+    path: str
+    sha256: str
+    rows: int
+    source: str
 
+
+class RunReport(BaseModel):
+    """A comparison run's report: its data set, each method's result, where its files are."""
+
+    dataset: DatasetInfo
+    methods: dict[str, MethodResult]
     figure: str
     figure_svg: str
     summary: str
+
+
+class SweepReport(BaseModel):
+    """A sweep's report: its data sets, how many cells ran and diverged, the best step size per
+    batch size, where its files are."""
+
+    datasets: dict[str, str]
+    cells: int
+    diverged: int
+    best: list[dict[str, Any]]
+    figure: str
+    figure_svg: str
+    histories: str
 
 
 def _dataset_file(spec: DataSpec, data_dir: str) -> Path:
@@ -86,7 +111,8 @@ def load_user_data(source: SourceFile, x_col: str, y_col: str, data_dir: str) ->
 
 class ProgressReport:
     """Where one training's progress goes: a log line about every tenth of the epochs and, once
-    it has trained SHOW_PROGRESS_AFTER_S, a Prefect progress artifact."""
+    it has trained SHOW_PROGRESS_AFTER_S, a Prefect progress artifact and the figures of a
+    terminal progress bar."""
 
     def __init__(self, spec: MethodSpec) -> None:
         self.spec = spec
@@ -97,7 +123,6 @@ class ProgressReport:
     def __call__(self, epoch: int, loss: float) -> None:
         epochs, name = self.spec.epochs, self.spec.method.value
         percent = 100.0 * epoch / epochs
-        self.logger.info("%s: epoch %d/%d (%.0f%%), loss %.4g", name, epoch, epochs, percent, loss)
         if self.artifact is not None:
             update_progress_artifact(self.artifact, percent)
         elif time.monotonic() - self.started >= SHOW_PROGRESS_AFTER_S:
@@ -106,6 +131,9 @@ class ProgressReport:
                 key=f"train-{name}-progress",
                 description=f"Training {name}: share of the {epochs} epochs done",
             )
+        bar = {"epoch": epoch, "epochs": epochs, "loss": loss} if self.artifact else None
+        line = "%s: epoch %d/%d (%.0f%%), loss %.4g"
+        self.logger.info(line, name, epoch, epochs, percent, loss, extra={PROGRESS_FIELD: bar})
 
 
 @task(
@@ -144,21 +172,20 @@ def train_method(dataset: DatasetRef, spec: MethodSpec, data_dir: str) -> Method
     return result
 
 
-def _records(results: list[MethodResult]) -> list[FileRecord]:
-    """The manifests of the results' stored histories (content hash, size, time on disk)."""
-    records = []
-    for result in results:
-        record = read_manifest(Path(result.history))
-        if record is None:
-            raise FileNotFoundError(f"history {result.history} is missing; run again")
-        records.append(record)
-    return records
+def _manifest(result: MethodResult) -> FileRecord:
+    """The manifest of a result's stored history (content hash, size, time on disk)."""
+    record = read_manifest(Path(result.history))
+    if record is None:
+        raise FileNotFoundError(f"history {result.history} is missing; run again")
+    return record
 
 
-def _figure_is_current(drawn: Path, inputs: str, *figures: Path) -> bool:
+def _figure_is_current(files: paths.ReportFiles, inputs: str) -> bool:
     """True when the figure files exist and were drawn from exactly these inputs."""
     try:
-        return drawn.read_text() == inputs and all(f.is_file() for f in figures)
+        return (
+            files.drawn_from.read_text() == inputs and files.png.is_file() and files.svg.is_file()
+        )
     except OSError:
         return False
 
@@ -166,37 +193,32 @@ def _figure_is_current(drawn: Path, inputs: str, *figures: Path) -> bool:
 @task(cache_policy=NO_CACHE, task_run_name="publish-report")
 def publish_report(
     dataset: DatasetRef, results: list[MethodResult], params: RunParams, data_dir: str
-) -> ReportRef:
+) -> RunReport:
     """Draw the comparison figure and publish it with the results tables."""
     from tasks.report import tables
 
     files = paths.report_files(Path(data_dir), params)
-    records = _records(results)
+    records = [_manifest(result) for result in results]
     histories = [read_history(record) for record in records]
+    stats = dataset.stats()
     caption = tables.caption(params, dataset.source)
     # The user's own data has no known true line: the synthetic slope/intercept do not apply.
     slope, intercept = (None, None) if params.data else (params.slope, params.intercept)
-    png, svg, drawn = files.png, files.svg, files.drawn_from
     hashes = [record.sha256 for record in records]
     inputs = stable_digest(dataset.file.sha256, hashes, caption, code_version())
-    if not _figure_is_current(drawn, inputs, png, svg):
+    if not _figure_is_current(files, inputs):
         from tasks.report import figure  # matplotlib (0.7 s): only when a figure is drawn
 
+        x, y = np.asarray(dataset.preview_x), np.asarray(dataset.preview_y)
         drawing = figure.build_figure(
-            histories,
-            np.asarray(dataset.preview_x),
-            np.asarray(dataset.preview_y),
-            dataset.stats(),
-            true_slope=slope,
-            true_intercept=intercept,
-            caption=caption,
+            histories, x, y, stats, true_slope=slope, true_intercept=intercept, caption=caption
         )
-        figure.save_figure(drawing, png, svg)
-        write_bytes_atomic(drawn, inputs.encode())
-    rows = tables.results_rows(results, dataset.stats(), slope, intercept)
+        figure.save_figure(drawing, files.png, files.svg)
+        write_bytes_atomic(files.drawn_from, inputs.encode())
+    rows = tables.results_rows(results, stats, slope, intercept)
     create_markdown_artifact(
         key=tables.COMPARISON_KEY,
-        markdown=tables.comparison_markdown(rows, png.read_bytes(), caption, dataset.source),
+        markdown=tables.comparison_markdown(rows, files.png.read_bytes(), caption, dataset.source),
         description="Gradient descent comparison: figure and results per method",
     )
     create_table_artifact(
@@ -204,7 +226,6 @@ def publish_report(
         table=tables.loss_table(histories),
         description="Full-data MSE at the start of each epoch",
     )
-    summary = files.summary
     contents = {
         "params": params.model_dump(mode="json"),
         "dataset": dataset.file.model_dump(),
@@ -213,28 +234,22 @@ def publish_report(
             for row in rows
         ],
     }
-    write_bytes_atomic(summary, json.dumps(contents, indent=2).encode())
-    get_run_logger().info("Figure: %s", png)
-    return ReportRef(figure=str(png), figure_svg=str(svg), summary=str(summary))
-
-
-class SweepReport(BaseModel):
-    """Where a sweep's report files are, and its headline results."""
-
-    model_config = ConfigDict(frozen=True)
-
-    figure: str
-    figure_svg: str
-    histories: str
-    diverged: int
-    best: list[dict[str, Any]]
+    write_bytes_atomic(files.summary, json.dumps(contents, indent=2).encode())
+    get_run_logger().info("Figure: %s", files.png)
+    return RunReport(
+        dataset=DatasetInfo(**dataset.file.model_dump(), source=dataset.source),
+        methods={r.method: r for r in results},
+        figure=str(files.png),
+        figure_svg=str(files.svg),
+        summary=str(files.summary),
+    )
 
 
 @task(cache_policy=NO_CACHE, task_run_name="publish-sweep")
 def publish_sweep(
     cells: list[Cell],
     results: list[MethodResult],
-    datasets: list[DatasetRef],
+    datasets: dict[int, DatasetRef],
     params: SweepParams,
     data_dir: str,
 ) -> SweepReport:
@@ -242,17 +257,15 @@ def publish_sweep(
     from tasks.report import figure, sweep_figure, sweep_tables  # matplotlib: a sweep draws
 
     files = paths.report_files(Path(data_dir), params)
-    histories = [read_history(record) for record in _records(results)]
-    by_seed = dict(zip(params.seeds, datasets, strict=True))
-    floors = {seed: sweep_tables.floor_loss(d.stats()) for seed, d in by_seed.items()}
+    histories = [read_history(_manifest(result)) for result in results]
+    floors = {seed: sweep_tables.floor_loss(d.stats()) for seed, d in datasets.items()}
     rows = sweep_tables.cell_rows(cells, results, histories, floors)
     summary = sweep_tables.summarise(rows)
     first = params.seeds[0]
     curves = sweep_figure.best_curves(cells, histories, summary, first)
     caption = sweep_tables.sweep_caption(params)
-    png, svg = files.png, files.svg
     drawing = sweep_figure.build_sweep_figure(summary, curves, floors[first], first, caption)
-    figure.save_figure(drawing, png, svg)
+    figure.save_figure(drawing, files.png, files.svg)
     record = write_parquet(
         files.histories,
         sweep_tables.HISTORY_SCHEMA,
@@ -262,15 +275,19 @@ def publish_sweep(
     best = sweep_tables.best_rows(summary)
     create_markdown_artifact(
         key=sweep_tables.SWEEP_KEY,
-        markdown=sweep_tables.sweep_markdown(best, rows, png.read_bytes(), caption, record.path),
+        markdown=sweep_tables.sweep_markdown(
+            best, rows, files.png.read_bytes(), caption, record.path
+        ),
         description="Step size x batch size sweep: figure and best step size per batch size",
     )
     create_table_artifact(key=sweep_tables.CELLS_KEY, table=rows, description="Every run")
-    get_run_logger().info("Sweep figure: %s; all histories: %s", png, record.path)
+    get_run_logger().info("Sweep figure: %s; all histories: %s", files.png, record.path)
     return SweepReport(
-        figure=str(png),
-        figure_svg=str(svg),
-        histories=record.path,
+        datasets={str(seed): d.file.path for seed, d in datasets.items()},
+        cells=len(cells),
         diverged=sum(r["diverged"] for r in rows),
         best=best,
+        figure=str(files.png),
+        figure_svg=str(files.svg),
+        histories=record.path,
     )

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
@@ -33,11 +34,11 @@ class FileRecord(BaseModel):
     rows: int
 
 
-def sha256_file(path: Path) -> str:
-    """Content hash of a file, read block by block."""
+def sha256_file(path: Path | str, fs: pafs.FileSystem | None = None) -> str:
+    """Content hash of a file on `fs` (default the local disk), read block by block."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
+    with open(path, "rb") if fs is None else fs.open_input_stream(str(path)) as stream:
+        while block := stream.read(_HASH_BLOCK):
             digest.update(block)
     return digest.hexdigest()
 
@@ -98,13 +99,11 @@ def read_manifest(target: Path) -> FileRecord | None:
 def is_intact(target: Path) -> bool:
     """True when the file exists and is unchanged since its manifest was written (cheap stat)."""
     record = read_manifest(target)
-    if record is None:
-        return False
     try:
         stat = target.stat()
     except OSError:
         return False
-    return stat.st_size == record.size and stat.st_mtime_ns == record.mtime_ns
+    return record is not None and (stat.st_size, stat.st_mtime_ns) == (record.size, record.mtime_ns)
 
 
 def _stat_key(path: Path) -> tuple[str, int, int]:
@@ -142,22 +141,7 @@ def verify(record: FileRecord) -> None:
             _verified[before] = record.sha256
 
 
-def _unchanged_since(path: Path, before: tuple[str, int, int]) -> None:
-    if _stat_key(path) != before:
-        raise _changed(path)
-
-
-def read_verified(record: FileRecord, columns: list[str] | None = None) -> pa.Table:
-    """Read a Parquet file whole after checking its bytes against the recorded hash."""
-    verify(record)
-    path = Path(record.path)
-    before = _stat_key(path)
-    table = pq.read_table(path, columns=columns, memory_map=False)
-    _unchanged_since(path, before)
-    return table
-
-
-def iter_row_groups(record: FileRecord, columns: list[str]) -> Iterator[pa.Table]:
+def iter_row_groups(record: FileRecord, columns: list[str] | None = None) -> Iterator[pa.Table]:
     """The file's row groups one at a time, in order, after checking its recorded hash.
 
     Memory stays at about one row group; a file that changes while it is read raises
@@ -169,7 +153,8 @@ def iter_row_groups(record: FileRecord, columns: list[str]) -> Iterator[pa.Table
     with pq.ParquetFile(path, memory_map=False) as parquet:
         for i in range(parquet.num_row_groups):
             yield parquet.read_row_group(i, columns=columns)
-    _unchanged_since(path, before)
+    if _stat_key(path) != before:
+        raise _changed(path)
 
 
 def file_metadata(path: Path) -> dict[str, str]:

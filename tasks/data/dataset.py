@@ -37,41 +37,6 @@ class DatasetRef(BaseModel):
         return Moments(**self.moments)  # type: ignore[arg-type]
 
 
-class Summary:
-    """Moments and a strided preview, collected while chunks stream past."""
-
-    def __init__(self, n: int) -> None:
-        self.stride = max(1, -(-n // PREVIEW_POINTS))
-        self.moments = MomentsAccumulator()
-        self.px: list[np.ndarray] = []
-        self.py: list[np.ndarray] = []
-        self.seen = 0
-
-    def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Take one chunk into the moments and the preview."""
-        first = (-self.seen) % self.stride
-        # Copies: a strided view would keep the whole chunk alive.
-        self.px.append(x[first :: self.stride].copy())
-        self.py.append(y[first :: self.stride].copy())
-        self.moments.add(x, y)
-        self.seen += len(x)
-
-    def preview(self) -> tuple[np.ndarray, np.ndarray]:
-        """The preview points as float64 arrays, as a DatasetRef holds them."""
-        return np.concatenate(self.px).astype(float), np.concatenate(self.py).astype(float)
-
-    def ref(self, record: FileRecord, source: str) -> DatasetRef:
-        """The DatasetRef of the written file, with what was collected."""
-        preview_x, preview_y = self.preview()
-        return DatasetRef(
-            file=record,
-            source=source,
-            moments=asdict(self.moments.result()),
-            preview_x=preview_x.tolist(),
-            preview_y=preview_y.tolist(),
-        )
-
-
 def write_dataset(
     target: Path,
     chunks: Iterable[tuple[np.ndarray, np.ndarray]],
@@ -79,16 +44,34 @@ def write_dataset(
     source: str,
     metadata: dict[str, str],
 ) -> DatasetRef:
-    """Store float32 (x, y) chunks of a `rows`-row data set at `target`, in bounded memory."""
-    summary = Summary(rows)
+    """Store float32 (x, y) chunks of a `rows`-row data set at `target`, in bounded memory.
+
+    The moments and a preview of every stride-th point are collected as the chunks stream past.
+    """
+    stride = max(1, -(-rows // PREVIEW_POINTS))
+    moments = MomentsAccumulator()
+    preview_x: list[np.ndarray] = []
+    preview_y: list[np.ndarray] = []
 
     def batches() -> Iterator[pa.RecordBatch]:
+        seen = 0
         for x, y in chunks:
-            summary.add(x, y)
+            first = (-seen) % stride
+            # Copies: a strided view would keep the whole chunk alive.
+            preview_x.append(x[first::stride].copy())
+            preview_y.append(y[first::stride].copy())
+            moments.add(x, y)
+            seen += len(x)
             yield pa.record_batch([pa.array(x), pa.array(y)], schema=SCHEMA)
 
     record = write_parquet(target, SCHEMA, batches(), metadata)
-    return summary.ref(record, source)
+    return DatasetRef(
+        file=record,
+        source=source,
+        moments=asdict(moments.result()),
+        preview_x=np.concatenate(preview_x).astype(float).tolist(),
+        preview_y=np.concatenate(preview_y).astype(float).tolist(),
+    )
 
 
 _loaded: weakref.WeakValueDictionary[tuple[str, ...], np.ndarray] = weakref.WeakValueDictionary()

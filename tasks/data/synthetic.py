@@ -47,8 +47,7 @@ def generate_chunks(
         tutorial_x = torch.arange(spec.x_start, spec.x_stop, step)[:n].numpy()
     generator = torch.Generator().manual_seed(spec.seed)
     with np.errstate(over="ignore"):  # a coefficient beyond float32's range is inf, as in torch
-        coefficients = [np.float32(v) for v in (spec.slope, spec.intercept, spec.noise_std)]
-    slope, intercept, noise_std = coefficients
+        slope, intercept, noise_std = np.float32([spec.slope, spec.intercept, spec.noise_std])
     for lo in range(0, n, chunk_rows):
         hi = min(lo + chunk_rows, n)
         x = tutorial_x[lo:hi] if tutorial_x is not None else _x_by_formula(spec, lo, hi)
@@ -66,27 +65,18 @@ def generate(spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def describe(spec: DataSpec) -> str:
-    """A one-line description of the data set, for the report and the log."""
-    return (
-        f"synthetic: y = {spec.slope:g}·x + {spec.intercept:g} + {spec.noise_std:g}·N(0,1), "
-        f"{spec.n_samples:,} points, x in [{spec.x_start:g}, {spec.x_stop:g}), seed {spec.seed}"
-    )
-
-
-def _metadata(spec: DataSpec) -> dict[str, str]:
+def write_synthetic(spec: DataSpec, target: Path) -> DatasetRef:
+    """Draw the data set of `spec` into `target` chunk by chunk, with bounded memory."""
     versions = {name: version(name) for name in ("torch", "numpy", "pyarrow", "prefect", "gdflow")}
     versions["python"] = platform.python_version()
-    return {
+    metadata = {
         "gdflow.kind": "dataset",
         "gdflow.generator": dumps(spec.model_dump()),
         "gdflow.versions": dumps(versions),
         **{f"gdflow.param.{k}": str(v) for k, v in spec.model_dump().items()},
     }
-
-
-def write_synthetic(spec: DataSpec, target: Path) -> DatasetRef:
-    """Draw the data set of `spec` into `target` chunk by chunk, with bounded memory."""
-    return write_dataset(
-        target, generate_chunks(spec), spec.n_samples, describe(spec), _metadata(spec)
+    described = (  # for the report and the log
+        f"synthetic: y = {spec.slope:g}·x + {spec.intercept:g} + {spec.noise_std:g}·N(0,1), "
+        f"{spec.n_samples:,} points, x in [{spec.x_start:g}, {spec.x_stop:g}), seed {spec.seed}"
     )
+    return write_dataset(target, generate_chunks(spec), spec.n_samples, described, metadata)

@@ -3,10 +3,10 @@ bounded memory."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict
 from tasks.data.dataset import DatasetRef, write_dataset
 from tasks.digest import dumps
 from tasks.errors import InputError
+from tasks.storage import sha256_file
 
 CHUNK_ROWS = 1 << 20
 MIN_ROWS = 2
-_HASH_BLOCK = 1 << 24
 _PARQUET_MAGIC = b"PAR1"
 
 
@@ -35,10 +35,8 @@ class SourceFile(BaseModel):
     version: str  # "mtime:<ns>", or "sha256:<hex>" where the filesystem keeps no times
 
 
-class Inspection(BaseModel):
+class Inspection(NamedTuple):
     """What a cheap look at a Parquet file tells: its identity and its number of rows."""
-
-    model_config = ConfigDict(frozen=True)
 
     source: SourceFile
     rows: int
@@ -59,15 +57,6 @@ def _reason(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def content_hash(fs: pafs.FileSystem, path: str) -> str:
-    """SHA-256 of a file's bytes, read block by block."""
-    digest = hashlib.sha256()
-    with fs.open_input_stream(path) as stream:
-        while block := stream.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def stat_source(uri: str) -> SourceFile:
     """Identify the file at `uri` from its file info, refusing what cannot be a data file."""
     fs, path = open_filesystem(uri)
@@ -84,32 +73,8 @@ def stat_source(uri: str) -> SourceFile:
     if info.mtime_ns is not None:
         version = f"mtime:{info.mtime_ns}"
     else:
-        version = f"sha256:{content_hash(fs, path)}"
+        version = f"sha256:{sha256_file(path, fs)}"
     return SourceFile(uri=uri, size=info.size, version=version)
-
-
-def parquet_file(uri: str) -> pq.ParquetFile:
-    """Open the file's footer, telling a non-Parquet file from a truncated one."""
-    fs, path = open_filesystem(uri)
-    try:
-        handle = fs.open_input_file(path)
-        head = handle.read(len(_PARQUET_MAGIC))
-    except OSError as exc:
-        raise InputError(
-            f"cannot read data file {uri} ({_reason(exc)}); check its permissions"
-        ) from None
-    try:
-        return pq.ParquetFile(handle)
-    except (pa.ArrowException, OSError) as exc:
-        if head != _PARQUET_MAGIC:
-            raise InputError(
-                f"data file {uri} is not a Parquet file; convert it, "
-                "e.g. with pandas.DataFrame.to_parquet"
-            ) from None
-        raise InputError(
-            f"data file {uri} is a truncated or damaged Parquet file ({_reason(exc)}); "
-            "copy or export it again"
-        ) from None
 
 
 def _check_column(schema: pa.Schema, name: str, uri: str, option: str) -> str:
@@ -134,14 +99,34 @@ def _check_column(schema: pa.Schema, name: str, uri: str, option: str) -> str:
     return str(kind)
 
 
-def check_footer(
-    pf: pq.ParquetFile, uri: str, x_col: str, y_col: str
-) -> tuple[int, dict[str, str]]:
-    """Row count and column types, refusing unusable columns or too few rows."""
-    schema = pf.schema_arrow
+def open_parquet(uri: str, x_col: str, y_col: str) -> tuple[pq.ParquetFile, dict[str, str]]:
+    """Open the file's footer and check it: the file and the types of its x and y columns.
+
+    Tells a non-Parquet file from a truncated one; refuses unusable columns or too few rows.
+    """
+    fs, path = open_filesystem(uri)
+    try:
+        handle = fs.open_input_file(path)
+        head = handle.read(len(_PARQUET_MAGIC))
+    except OSError as exc:
+        raise InputError(
+            f"cannot read data file {uri} ({_reason(exc)}); check its permissions"
+        ) from None
+    try:
+        pf = pq.ParquetFile(handle)
+    except (pa.ArrowException, OSError) as exc:
+        if head != _PARQUET_MAGIC:
+            raise InputError(
+                f"data file {uri} is not a Parquet file; convert it, "
+                "e.g. with pandas.DataFrame.to_parquet"
+            ) from None
+        raise InputError(
+            f"data file {uri} is a truncated or damaged Parquet file ({_reason(exc)}); "
+            "copy or export it again"
+        ) from None
     types = {
-        x_col: _check_column(schema, x_col, uri, "--x-col"),
-        y_col: _check_column(schema, y_col, uri, "--y-col"),
+        x_col: _check_column(pf.schema_arrow, x_col, uri, "--x-col"),
+        y_col: _check_column(pf.schema_arrow, y_col, uri, "--y-col"),
     }
     rows = pf.metadata.num_rows
     if rows < MIN_ROWS:
@@ -149,14 +134,14 @@ def check_footer(
             f"data file {uri} has {rows} row{'s' if rows != 1 else ''}; "
             f"fitting a line needs at least {MIN_ROWS}"
         )
-    return rows, types
+    return pf, types
 
 
 def inspect_source(uri: str, x_col: str, y_col: str) -> Inspection:
     """Check a file cheaply (file info and footer only): exists, Parquet, columns, row count."""
     source = stat_source(uri)
-    rows, _ = check_footer(parquet_file(uri), uri, x_col, y_col)
-    return Inspection(source=source, rows=rows)
+    pf, _ = open_parquet(uri, x_col, y_col)
+    return Inspection(source, pf.metadata.num_rows)
 
 
 def _as_float32(column: pa.Array, name: str, uri: str, first_row: int) -> np.ndarray:
@@ -186,37 +171,24 @@ def read_columns(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Stream (x, y) of an opened file as checked float32 chunks, in bounded memory."""
     seen = 0
-    batches = pf.iter_batches(batch_size=chunk_rows, columns=[x_col, y_col])
-    while True:
-        try:
-            batch = next(batches, None)
-        except (pa.ArrowException, OSError) as exc:
-            raise InputError(
-                f"data file {uri} cannot be read past row {seen:,} ({_reason(exc)}); "
-                "it is damaged: copy or export it again"
-            ) from None
-        if batch is None:
-            return
-        x = _as_float32(batch.column(x_col), x_col, uri, seen)
-        y = _as_float32(batch.column(y_col), y_col, uri, seen)
-        seen += batch.num_rows
-        yield x, y
+    try:
+        for batch in pf.iter_batches(batch_size=chunk_rows, columns=[x_col, y_col]):
+            x = _as_float32(batch.column(x_col), x_col, uri, seen)
+            y = _as_float32(batch.column(y_col), y_col, uri, seen)
+            seen += batch.num_rows
+            yield x, y
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(
+            f"data file {uri} cannot be read past row {seen:,} ({_reason(exc)}); "
+            "it is damaged: copy or export it again"
+        ) from None
 
 
 def check_values(uri: str, x_col: str, y_col: str) -> None:
     """Read the two columns through once, refusing nulls and non-finite values."""
-    pf = parquet_file(uri)
-    check_footer(pf, uri, x_col, y_col)
+    pf, _ = open_parquet(uri, x_col, y_col)
     for _ in read_columns(pf, uri, x_col, y_col):
         pass
-
-
-def describe(source: SourceFile, sha256: str, rows: int, x_col: str, y_col: str) -> str:
-    """A one-line description of the copied file, for the report and the log."""
-    return (
-        f"file {source.uri}: columns {x_col} (x) and {y_col} (y), {rows:,} rows, "
-        f"sha256 {sha256[:12]}"
-    )
 
 
 def ingest(source: SourceFile, x_col: str, y_col: str, target: Path) -> DatasetRef:
@@ -224,9 +196,9 @@ def ingest(source: SourceFile, x_col: str, y_col: str, target: Path) -> DatasetR
     if stat_source(source.uri) != source:
         raise InputError(f"data file {source.uri} changed after it was checked; run again")
     fs, path = open_filesystem(source.uri)
-    sha256 = content_hash(fs, path)
-    pf = parquet_file(source.uri)
-    rows, types = check_footer(pf, source.uri, x_col, y_col)
+    sha256 = sha256_file(path, fs)
+    pf, types = open_parquet(source.uri, x_col, y_col)
+    rows = pf.metadata.num_rows
 
     def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         yield from read_columns(pf, source.uri, x_col, y_col)
@@ -240,6 +212,5 @@ def ingest(source: SourceFile, x_col: str, y_col: str, target: Path) -> DatasetR
         "types": types,
     }
     metadata = {"gdflow.kind": "dataset", "gdflow.source": dumps(provenance)}
-    return write_dataset(
-        target, chunks(), rows, describe(source, sha256, rows, x_col, y_col), metadata
-    )
+    described = f"file {source.uri}: columns {x_col} (x) and {y_col} (y), {rows:,} rows"
+    return write_dataset(target, chunks(), rows, f"{described}, sha256 {sha256[:12]}", metadata)

@@ -10,18 +10,28 @@ from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm
 
 from tasks.history import History
-from tasks.report.style import Limits, drawable, markevery, method_colour, padded, plain_log_labels
+from tasks.report.style import (
+    BELOW,
+    NOTE,
+    PANEL_TITLE,
+    Limits,
+    drawable,
+    markevery,
+    method_colour,
+    padded,
+    plain_log_labels,
+)
 from tasks.stats import Moments
 
 GRID = 220  # contour grid points per axis
+_START = {"marker": "o", "ms": 10, "mfc": "white", "mec": "black", "mew": 1.6}
+_BEST = {"marker": "*", "ms": 18, "color": "gold", "mec": "black", "mew": 1.0}  # least squares
 
 
 def _box(histories: Sequence[History], start: Limits, best: Limits) -> tuple[Limits, Limits]:
     """(w, b) limits around the start, the optimum and every converged path."""
-    pts = np.concatenate(
-        [np.array([start, best])]
-        + [np.column_stack([h.w, h.b]) for h in histories if not h.diverged]
-    )
+    paths = [np.column_stack([h.w, h.b]) for h in histories if not h.diverged]
+    pts = np.concatenate([np.array([start, best]), *paths])
     pts = pts[drawable(pts).all(axis=1)]
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     return padded(float(lo[0]), float(hi[0]), 0.08), padded(float(lo[1]), float(hi[1]), 0.08)
@@ -41,26 +51,19 @@ def _mark_exit(ax: Axes, pts: np.ndarray, keep: int, colour: str, wl: Limits, bl
         edge, text = last + t * d, "diverged → off the chart"
     else:
         edge, text = last, "diverged: overflow to inf/nan"
-    ax.annotate(
-        "",
-        xy=edge,
-        xytext=last,
-        arrowprops={"arrowstyle": "-|>", "color": colour, "lw": 1.8, "mutation_scale": 18},
-        zorder=5,
-    )
+    arrow = {"arrowstyle": "-|>", "color": colour, "lw": 1.8, "mutation_scale": 18}
+    ax.annotate("", edge, last, arrowprops=arrow, zorder=5)
     away = np.sign([edge[0] - np.mean(wl), edge[1] - np.mean(bl)])
     ax.annotate(
         text,
         edge,
-        xytext=(-away[0] * 8, -away[1] * 8),
-        textcoords="offset points",
+        (-away[0] * 8, -away[1] * 8),
         ha="right" if away[0] > 0 else "left",
         va="top" if away[1] > 0 else "bottom",
         color=colour,
-        fontsize=9,
-        fontweight="bold",
         bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": colour, "alpha": 0.9},
         zorder=6,
+        **NOTE,
     )
 
 
@@ -97,37 +100,12 @@ def panel_paths(ax: Axes, histories: Sequence[History], moments: Moments, floor:
         keep = int(inside.argmin()) if not inside.all() else len(pts)
         colour = method_colour(h.method, i)
         path = pts[:keep]
-        style = {"color": colour, "lw": 1.6, "ms": 3.5, "zorder": 4}
-        ax.plot(path[:, 0], path[:, 1], "-o", markevery=markevery(keep), **style)
+        ax.plot(*path.T, "-o", color=colour, lw=1.6, ms=3.5, zorder=4, markevery=markevery(keep))
         if 0 < keep < len(pts):
             _mark_exit(ax, pts, keep, colour, wl, bl)
-    ax.plot(
-        *start,
-        "o",
-        ms=10,
-        mfc="white",
-        mec="black",
-        mew=1.6,
-        zorder=8,
-        ls="none",
-        label=f"start  ({start[0]:.4g}, {start[1]:.4g})",
-    )
-    ax.plot(
-        *best,
-        "*",
-        ms=18,
-        color="gold",
-        mec="black",
-        mew=1.0,
-        zorder=8,
-        ls="none",
-        label=f"least squares  ({best[0]:.4g}, {best[1]:.4g})",
-    )
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2, fontsize=9, frameon=False)
-    ax.set_xlim(*wl)
-    ax.set_ylim(*bl)
-    ax.set_xlabel("slope w")
-    ax.set_ylabel("intercept b")
-    ax.set_title(
-        "Path of (w, b) over the loss surface, one dot per epoch", loc="left", fontweight="bold"
-    )
+    for point, name, style in ((start, "start", _START), (best, "least squares", _BEST)):
+        label = f"{name}  ({point[0]:.4g}, {point[1]:.4g})"
+        ax.plot(*point, ls="none", zorder=8, label=label, **style)
+    ax.legend(bbox_to_anchor=(0.5, -0.13), ncols=2, fontsize=9, **BELOW)
+    ax.set(xlim=wl, ylim=bl, xlabel="slope w", ylabel="intercept b")
+    ax.set_title("Path of (w, b) over the loss surface, one dot per epoch", **PANEL_TITLE)

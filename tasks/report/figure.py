@@ -20,6 +20,8 @@ from tasks.history import History
 from tasks.report.descent_paths import panel_paths
 from tasks.report.style import (
     DPI,
+    NOTE,
+    PANEL_TITLE,
     drawable,
     log_limits,
     log_scale,
@@ -71,17 +73,7 @@ def _panel_loss(ax: Axes, histories: Sequence[History], floor: float, use_update
             last = np.flatnonzero(ok)[-1]
             x, y = xs[last], h.loss[last]
             ax.plot(x, y, "X", color=colour, ms=13, mec="black", zorder=5)
-            ax.annotate(
-                "diverged",
-                (x, y),
-                xytext=(-10, -4),
-                textcoords="offset points",
-                ha="right",
-                va="top",
-                color=colour,
-                fontsize=9,
-                fontweight="bold",
-            )
+            ax.annotate("diverged", (x, y), (-10, -4), ha="right", va="top", color=colour, **NOTE)
     if math.isfinite(floor) and floor > 0:
         reference_line(ax, floor, f" least-squares floor {floor:.4g}", "--", 1.2, "0.25")
     log_scale(ax, "y")
@@ -90,12 +82,12 @@ def _panel_loss(ax: Axes, histories: Sequence[History], floor: float, use_update
         log_scale(ax, "x")
         ax.set_xlim(*log_limits(np.concatenate([h.updates for h in histories]).astype(float)))
         ax.set_xlabel("parameter updates made (log scale; the start, at 0 updates, is not shown)")
-        ax.set_title("Loss against parameter updates", loc="left", fontweight="bold")
+        ax.set_title("Loss against parameter updates", **PANEL_TITLE)
     else:
         ax.set_xlim(*padded(0.0, float(max(h.epochs for h in histories)), 0.02))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch (full passes over the data)")
-        ax.set_title("Loss per epoch", loc="left", fontweight="bold")
+        ax.set_title("Loss per epoch", **PANEL_TITLE)
     ax.set_ylabel("full-data MSE (log scale)")
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
@@ -118,18 +110,9 @@ def _panel_data(
     xs, ys = x[idx].astype(np.float64), y[idx].astype(np.float64)
     ok = np.isfinite(xs) & np.isfinite(ys)
     xs, ys = xs[ok], ys[ok]
-    many = xs.size > 300
-    ax.plot(
-        xs,
-        ys,
-        "." if many else "+",
-        color="0.45",
-        ms=3 if many else 7,
-        alpha=0.35 if many else 0.8,
-        ls="none",
-        label=f"{xs.size:,} of {n:,} points" if xs.size < n else "data",
-        zorder=2,
-    )
+    marker, ms, alpha = (".", 3, 0.35) if xs.size > 300 else ("+", 7, 0.8)
+    label = f"{xs.size:,} of {n:,} points" if xs.size < n else "data"
+    ax.plot(xs, ys, marker, color="0.45", ms=ms, alpha=alpha, ls="none", zorder=2, label=label)
     x_lo, x_hi = (float(xs.min()), float(xs.max())) if xs.size else (0.0, 1.0)
     line_x = np.array([x_lo, x_hi])
     if true_slope is not None and true_intercept is not None:
@@ -149,9 +132,8 @@ def _panel_data(
     ax.set_ylim(*(padded(float(ys.min()), float(ys.max()), 0.06) if ys.size else (0.0, 1.0)))
     corner = "upper right" if true_slope is not None and true_slope < 0 else "upper left"
     ax.legend(loc="best" if true_slope is None else corner, fontsize=8.5, framealpha=0.9)
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
-    ax.set_title("Data and the fitted lines after training", loc="left", fontweight="bold")
+    ax.set(xlabel="x", ylabel="y")
+    ax.set_title("Data and the fitted lines after training", **PANEL_TITLE)
     ax.grid(True, alpha=0.3)
 
 
@@ -168,19 +150,11 @@ def build_figure(
     """The 2x2 comparison figure: loss per epoch, loss per update, data and fits, paths."""
     if not histories:
         raise ValueError("need at least one history to draw")
-    handles = [  # one legend entry per method, a cross for those that diverged
-        Line2D(
-            [],
-            [],
-            color=method_colour(h.method, i),
-            marker="X" if h.diverged else "o",
-            lw=2.2,
-            ms=8 if h.diverged else 5,
-            mec="black" if h.diverged else None,
-            label=_label(h),
-        )
-        for i, h in enumerate(histories)
-    ]
+    handles = []  # one legend entry per method, a cross for those that diverged
+    for i, h in enumerate(histories):
+        colour = method_colour(h.method, i)
+        mark = {"marker": "X", "ms": 8, "mec": "black"} if h.diverged else {"marker": "o", "ms": 5}
+        handles.append(Line2D([], [], color=colour, lw=2.2, label=_label(h), **mark))
     # As many legend columns (up to 3) as fit side by side; a label is ~6.3 points per
     # character at font size 11, plus its marker.
     width = max(len(h.get_label()) for h in handles) * 6.3 + 55
@@ -198,7 +172,7 @@ def build_figure(
     _panel_loss(ax_updates, histories, floor, use_updates=True)
     _panel_data(ax_data, histories, x, y, true_slope, true_intercept)
     panel_paths(ax_paths, histories, moments, floor)
-    body.supxlabel("\n".join(textwrap.wrap(caption, 190)), fontsize=9, color="0.3")
+    body.supxlabel(textwrap.fill(caption, 190), fontsize=9, color="0.3")
     return fig
 
 

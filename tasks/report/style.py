@@ -15,6 +15,10 @@ DPI = 110
 MAX_MARKERS = 40  # per-epoch markers drawn per curve
 BIG = 1e200  # larger values are off any chart: log-axis ticks beyond 1e300 overflow to inf
 
+NOTE = {"textcoords": "offset points", "fontsize": 9, "fontweight": "bold"}  # beside a point
+PANEL_TITLE = {"loc": "left", "fontweight": "bold"}
+BELOW = {"loc": "upper center", "frameon": False}  # a legend under its panel
+
 Limits = tuple[float, float]
 
 _COLOURS = {"bgd": "#0072B2", "sgd": "#D55E00", "minibatch": "#009E73"}

@@ -14,19 +14,20 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.patheffects import Normal, Stroke
 from matplotlib.ticker import MaxNLocator
 
 from tasks.history import History
 from tasks.params import Cell, Method
-from tasks.report.style import DPI, log_scale, plain_log_labels, reference_line
+from tasks.report.style import BELOW, DPI, PANEL_TITLE, log_scale, plain_log_labels, reference_line
 from tasks.report.sweep_tables import METHOD_WORDS, SWEEP_TITLE, TARGET_FRACTION, GridSummary
 
 FIGSIZE = (15.0, 7.2)
 _DIVERGED = {"facecolor": "0.88", "hatch": "xx", "edgecolor": "0.6"}
 _BEST = {"fill": False, "edgecolor": "#FF2D95", "lw": 2.6}
-_TITLE = {"loc": "left", "fontsize": 10.5, "fontweight": "bold"}
+_TITLE = {**PANEL_TITLE, "fontsize": 10.5}
+_WARNING = {"color": "#B00020", "fontweight": "bold"}  # what diverged
 
 
 def batch_label(size: int, method: Method, bound: float) -> str:
@@ -42,16 +43,15 @@ def _label_cells(ax: Axes, summary: GridSummary, norm: Normalize, lo: float) -> 
         diverged = summary.diverged[i, j]
         if diverged:
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, **_DIVERGED))
-            colour = "#B00020"
+            style = _WARNING
             text = "diverged" + (f" {diverged}/{summary.seeds}" if summary.seeds > 1 else "")
         else:
             r, g, b, _ = cmap(norm(max(excess, lo)))
-            colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.45 else "white"
+            style = {"color": "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.45 else "white"}
             epochs = summary.epochs[i, j]
             reached = f"{epochs:.0f} ep" if math.isfinite(epochs) else "not reached"
             text = f"{excess:.1e}\n{reached}"
-        weight = "bold" if diverged else "normal"
-        ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour, fontweight=weight)
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, **style)
 
 
 def _mark_best_and_bound(ax: Axes, summary: GridSummary) -> None:
@@ -61,29 +61,18 @@ def _mark_best_and_bound(ax: Axes, summary: GridSummary) -> None:
             ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, **_BEST))
     # Across each column, between the rows of the step sizes at or below its bound and above.
     rows = [sum(lr <= bound for lr in summary.lrs) - 0.5 for bound in summary.bounds]
-    ax.plot(
-        [x for j in range(len(rows)) for x in (j - 0.5, j + 0.5)],
-        np.repeat(rows, 2),
-        color="#D00000",
-        lw=2.4,
-        ls="--",
-        path_effects=[Stroke(linewidth=4.4, foreground="white"), Normal()],
-        label="stability bound (may diverge above)",
+    edges = [x for j in range(len(rows)) for x in (j - 0.5, j + 0.5)]
+    halo = [Stroke(linewidth=4.4, foreground="white"), Normal()]
+    label = "stability bound (may diverge above)"
+    (line,) = ax.plot(
+        edges, np.repeat(rows, 2), "--", color="#D00000", lw=2.4, path_effects=halo, label=label
     )
-    ax.legend(
-        handles=[
-            ax.lines[-1],
-            Rectangle((0, 0), 1, 1, **_DIVERGED, label="diverged"),
-            Rectangle(
-                (0, 0), 1, 1, **_BEST, label="best step size per batch size (curves on the right)"
-            ),
-        ],
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.16),
-        ncols=3,
-        fontsize=8.5,
-        frameon=False,
-    )
+    handles = [
+        line,
+        Patch(**_DIVERGED, label="diverged"),
+        Patch(**_BEST, label="best step size per batch size (curves on the right)"),
+    ]
+    ax.legend(handles=handles, bbox_to_anchor=(0.5, -0.16), ncols=3, fontsize=8.5, **BELOW)
 
 
 def _heat_map(ax: Axes, summary: GridSummary) -> None:
@@ -93,13 +82,9 @@ def _heat_map(ax: Axes, summary: GridSummary) -> None:
     lo = max(float(shown.min()) if shown.size else 1e-12, 1e-12)
     hi = max(float(shown.max()) if shown.size else 1.0, lo * 10)
     norm = LogNorm(lo, hi)
+    values = np.ma.masked_invalid(np.maximum(excess, lo))
     image = ax.imshow(
-        np.ma.masked_invalid(np.maximum(excess, lo)),
-        origin="lower",
-        aspect="auto",
-        cmap=colormaps["viridis"],
-        norm=norm,
-        interpolation="nearest",
+        values, cmap="viridis", norm=norm, origin="lower", aspect="auto", interpolation="nearest"
     )
     _label_cells(ax, summary, norm, lo)
     _mark_best_and_bound(ax, summary)
@@ -110,10 +95,8 @@ def _heat_map(ax: Axes, summary: GridSummary) -> None:
     ]
     ax.set_xticks(range(cols), labels, fontsize=8.5)
     ax.set_yticks(range(rows), [f"{lr:g}" for lr in summary.lrs])
-    ax.set_xlim(-0.5, cols - 0.5)
-    ax.set_ylim(-0.5, rows - 0.5)
-    ax.set_xlabel("batch size (points per update)")
-    ax.set_ylabel("step size")
+    ax.set(xlim=(-0.5, cols - 0.5), ylim=(-0.5, rows - 0.5))
+    ax.set(xlabel="batch size (points per update)", ylabel="step size")
     seeds = f"median over {summary.seeds} seeds" if summary.seeds > 1 else "one seed"
     ax.set_title(
         f"Final loss above the least-squares floor ({seeds});\n"
@@ -131,16 +114,8 @@ def _curves(
 ) -> None:
     """Excess loss per epoch of the best step size of each batch size."""
     if not curves:
-        ax.text(
-            0.5,
-            0.5,
-            "every run diverged: no curve to draw",
-            ha="center",
-            transform=ax.transAxes,
-            color="#B00020",
-            fontsize=11,
-            fontweight="bold",
-        )
+        message = "every run diverged: no curve to draw"
+        ax.text(0.5, 0.5, message, ha="center", transform=ax.transAxes, fontsize=11, **_WARNING)
         ax.set_axis_off()
         return
     palette = colormaps["plasma"]
@@ -163,12 +138,8 @@ def _curves(
     log_scale(ax, "y")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(0, max(h.epochs for h in curves.values()))
-    ax.set_xlabel("epoch (full passes over the data)")
-    ax.set_ylabel("MSE − least-squares MSE (log scale)")
-    ax.set_title(
-        f"Loss per epoch at the best step size of each batch size (seed {seed})",
-        **_TITLE,
-    )
+    ax.set(xlabel="epoch (full passes over the data)", ylabel="MSE − least-squares MSE (log scale)")
+    ax.set_title(f"Loss per epoch at the best step size of each batch size (seed {seed})", **_TITLE)
     ax.grid(True, which="major", alpha=0.35)
     ax.legend(fontsize=8.5, loc="upper right", framealpha=0.9)
 
@@ -198,5 +169,5 @@ def build_sweep_figure(
     ax_map, ax_curves = fig.subplots(1, 2, width_ratios=[1.25, 1.0])
     _heat_map(ax_map, summary)
     _curves(ax_curves, summary, curves, floor, seed)
-    fig.supxlabel("\n".join(textwrap.wrap(caption, 200)), fontsize=9, color="0.3")
+    fig.supxlabel(textwrap.fill(caption, 200), fontsize=9, color="0.3")
     return fig

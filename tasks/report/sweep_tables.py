@@ -3,8 +3,6 @@ batch size, its markdown artifact and the all-histories Parquet batches."""
 
 from __future__ import annotations
 
-import base64
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +12,7 @@ import pyarrow as pa
 
 from tasks.history import History, MethodResult
 from tasks.params import Cell, Method, SweepParams
-from tasks.report.tables import finite_or_none
+from tasks.report.tables import figure_markdown, finite_or_none, settings_caption
 from tasks.stats import Moments
 
 SWEEP_TITLE = "Step size × batch size: where gradient descent converges, and how close it gets"
@@ -100,28 +98,23 @@ def summarise(rows: Sequence[dict[str, Any]]) -> GridSummary:
     """Fold the per-cell rows over seeds into the heat map's arrays."""
     lrs = sorted({r["lr"] for r in rows})
     sizes = sorted({r["batch_size"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
     methods = {r["batch_size"]: Method(r["method"]) for r in rows}
-    seeds = len({r["seed"] for r in rows})
-    by_cell: dict[tuple[float, int], list[dict[str, Any]]] = defaultdict(list)
+    # Each field as an array [step size, batch size, seed]; None (never reached) as nan.
+    fields = ("excess_loss", "diverged", "epochs_to_target", "stability_bound")
+    grid = {key: np.full((len(lrs), len(sizes), len(seeds)), np.nan) for key in fields}
     for r in rows:
-        by_cell[r["lr"], r["batch_size"]].append(r)
-    excess = np.full((len(lrs), len(sizes)), np.nan)
-    diverged = np.zeros((len(lrs), len(sizes)), dtype=np.int64)
-    epochs = np.full((len(lrs), len(sizes)), np.nan)
-    bounds = np.zeros(len(sizes))
-    for i, lr in enumerate(lrs):
-        for j, size in enumerate(sizes):
-            mine = by_cell[lr, size]
-            diverged[i, j] = sum(r["diverged"] for r in mine)
-            if diverged[i, j] == 0:
-                excess[i, j] = np.median([max(r["excess_loss"], 0.0) for r in mine])
-            reached = [r["epochs_to_target"] for r in mine]
-            if None not in reached:
-                epochs[i, j] = np.median(reached)
-            bounds[j] = np.median([r["stability_bound"] for r in mine])
+        at = lrs.index(r["lr"]), sizes.index(r["batch_size"]), seeds.index(r["seed"])
+        for key, values in grid.items():
+            values[at] = np.nan if r[key] is None else r[key]
+    diverged = grid["diverged"].sum(axis=2).astype(np.int64)
+    median_excess = np.median(np.maximum(grid["excess_loss"], 0.0), axis=2)
+    excess = np.where(diverged == 0, median_excess, np.nan)
+    epochs = np.median(grid["epochs_to_target"], axis=2)  # nan where some seed never got there
+    bounds = np.median(grid["stability_bound"][0], axis=1)  # the same for every step size
     best = [int(np.nanargmin(col)) if np.isfinite(col).any() else None for col in excess.T]
     return GridSummary(
-        lrs, sizes, [methods[s] for s in sizes], seeds, excess, diverged, epochs, bounds, best
+        lrs, sizes, [methods[s] for s in sizes], len(seeds), excess, diverged, epochs, bounds, best
     )
 
 
@@ -145,14 +138,12 @@ def sweep_caption(params: SweepParams) -> str:
     """The sweep figure's caption: the data sets, the grid and the training settings."""
     many = len(params.seeds) > 1
     seeds = ("seeds " if many else "seed ") + ", ".join(str(s) for s in params.seeds)
-    order = "shuffled each epoch" if params.shuffle else "in stored order"
-    return (
-        f"n = {params.n_samples:,} points, noise σ = {params.noise_std:g}, {seeds} · "
-        f"{params.epochs} epochs from (w, b) = ({params.w0:g}, {params.b0:g}) · "
+    grid = (
         f"{len(params.lrs)} step sizes × {len(params.batch_sizes)} batch sizes × "
-        f"{len(params.seeds)} seed{'s' if many else ''} · "
-        f"points {order} · {params.dtype}, {params.engine} engine"
+        f"{len(params.seeds)} seed{'s' if many else ''}"
     )
+    data = f"n = {params.n_samples:,} points, noise σ = {params.noise_std:g}, {seeds}"
+    return settings_caption(params, data, grid)
 
 
 def _number(value: float | None) -> str:
@@ -167,34 +158,26 @@ def sweep_markdown(
     histories_file: str,
 ) -> str:
     """Markdown artifact: caption, embedded figure, best step size per batch size, files."""
-    image = base64.b64encode(png).decode("ascii")
-    diverged = sum(r["diverged"] for r in rows)
-    lines = [
-        f"# {SWEEP_TITLE}",
-        "",
-        caption,
-        "",
-        f"![sweep](data:image/png;base64,{image})",
-        "",
+    table = [
         "| Batch size | Method | Best step size | Final loss − floor | Epochs to target "
         "| Stability bound | Diverged at step sizes |",
         "|---|---|---|---|---|---|---|",
+        *(
+            f"| {b['batch_size']:,} | {b['method']} | {_number(b['best_lr'])} "
+            f"| {_number(b['excess_loss'])} | {_number(b['epochs_to_target'])} "
+            f"| {b['stability_bound']:.4g} "
+            f"| {', '.join(f'{lr:g}' for lr in b['diverged_lrs']) or 'none'} |"
+            for b in best
+        ),
     ]
-    lines += [
-        f"| {b['batch_size']:,} | {b['method']} | {_number(b['best_lr'])} "
-        f"| {_number(b['excess_loss'])} | {_number(b['epochs_to_target'])} "
-        f"| {b['stability_bound']:.4g} "
-        f"| {', '.join(f'{lr:g}' for lr in b['diverged_lrs']) or 'none'} |"
-        for b in best
-    ]
-    lines += [
-        "",
-        f"**{diverged} of {len(rows)} runs diverged.** Target: the loss above the least-squares "
-        f"floor falls to {TARGET_FRACTION:g} of its starting value.",
-        "",
+    blocks = [
+        *figure_markdown(SWEEP_TITLE, [caption], "sweep", png),
+        "\n".join(table),
+        f"**{sum(r['diverged'] for r in rows)} of {len(rows)} runs diverged.** Target: the loss "
+        f"above the least-squares floor falls to {TARGET_FRACTION:g} of its starting value.",
         f"Every run: table artifact `{CELLS_KEY}`. Every epoch of every run: `{histories_file}`.",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n\n".join(blocks) + "\n"
 
 
 def history_batches(
@@ -202,19 +185,7 @@ def history_batches(
 ) -> Iterator[pa.RecordBatch]:
     """One record batch (of HISTORY_SCHEMA) per cell: its per-epoch history tagged with it."""
     for cell, h in zip(cells, histories, strict=True):
-        rows = h.epoch.shape[0]
-        yield pa.record_batch(
-            [
-                pa.array(np.full(rows, cell.seed, dtype=np.int64)),
-                pa.array([cell.method.value] * rows, pa.string()),
-                pa.array(np.full(rows, cell.lr)),
-                pa.array(np.full(rows, cell.batch_size, dtype=np.int64)),
-                pa.array(h.epoch),
-                pa.array(h.loss),
-                pa.array(h.w),
-                pa.array(h.b),
-                pa.array(h.updates),
-                pa.array(np.full(rows, bool(h.diverged))),
-            ],
-            schema=HISTORY_SCHEMA,
-        )
+        tags = cell.model_dump(mode="json") | {"diverged": bool(h.diverged)}
+        columns = {name: getattr(h, name) for name in ("epoch", "loss", "w", "b", "updates")}
+        columns |= {name: np.full(len(h.epoch), value) for name, value in tags.items()}
+        yield pa.record_batch(columns, schema=HISTORY_SCHEMA)

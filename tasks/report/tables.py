@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from tasks.history import History, MethodResult
-from tasks.params import Method, RunParams
+from tasks.params import Method, RunParams, SharedParams
 from tasks.stats import Moments
 
 TITLE = "Gradient descent on y = w·x + b: batch vs stochastic vs mini-batch"
@@ -35,20 +35,26 @@ COLUMNS = (
 )
 
 
+def settings_caption(params: SharedParams, data: str, steps: str) -> str:
+    """A figure's caption: the `data`, then the training settings with the `steps` sizes."""
+    order = "shuffled each epoch" if params.shuffle else "in stored order"
+    return (
+        f"{data} · {params.epochs} epochs from (w, b) = ({params.w0:g}, {params.b0:g}) · "
+        f"{steps} · points {order} · {params.dtype}, {params.engine} engine"
+    )
+
+
 def caption(params: RunParams, source: str) -> str:
     """The figure's caption: where the data came from, then the training settings."""
     steps = ", ".join(f"{m.value} {params.lr(m):g}" for m in params.methods)
     batch = f" (batch {params.batch_size})" if Method.minibatch in params.methods else ""
-    order = "shuffled each epoch" if params.shuffle else "in stored order"
     data = (
         f"data: {source}"
         if params.data
         else f"n = {params.n_samples:,}, noise σ = {params.noise_std:g}, seed {params.seed}"
     )
-    return (
-        f"preset {params.preset} · {data} · {params.epochs} epochs "
-        f"from (w, b) = ({params.w0:g}, {params.b0:g}) · "
-        f"step sizes: {steps}{batch} · points {order} · {params.dtype}, {params.engine} engine"
+    return settings_caption(
+        params, f"preset {params.preset} · {data}", f"step sizes: {steps}{batch}"
     )
 
 
@@ -91,41 +97,36 @@ def format_cell(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "overflow (inf)" if value > 0 else "overflow (-inf)"
-        return f"{value:.4g}"
+        return f"overflow ({value:g})" if math.isinf(value) else f"{value:.4g}"  # nan: "nan"
     return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def figure_markdown(title: str, texts: Sequence[str], alt: str, png: bytes) -> list[str]:
+    """The first blocks of a report's markdown: its title, texts and the figure (a data URL)."""
+    image = base64.b64encode(png).decode("ascii")
+    return [f"# {title}", *texts, f"![{alt}](data:image/png;base64,{image})"]
 
 
 def comparison_markdown(
     rows: list[dict[str, Any]], png_bytes: bytes, caption: str, source: str
 ) -> str:
     """Markdown artifact: caption, data source, embedded figure, results table, divergences."""
-    image = base64.b64encode(png_bytes).decode("ascii")
-    lines = [
-        f"# {TITLE}",
-        "",
-        caption,
-        "",
-        f"Data: {source}",
-        "",
-        f"![comparison](data:image/png;base64,{image})",
-        "",
+    table = [
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
+        *("| " + " | ".join(format_cell(row[key]) for key, _ in COLUMNS) + " |" for row in rows),
     ]
-    lines += ["| " + " | ".join(format_cell(row[key]) for key, _ in COLUMNS) + " |" for row in rows]
-    diverged = [row for row in rows if row["diverged"]]
+    blocks = figure_markdown(TITLE, [caption, f"Data: {source}"], "comparison", png_bytes)
+    blocks.append("\n".join(table))
+    diverged = [
+        f"- **{row['method']} diverged** (step {format_cell(row['lr'])}): "
+        f"{format_cell(row['reason']) or 'no reason given'}"
+        for row in rows
+        if row["diverged"]
+    ]
     if diverged:
-        lines.append("")
-        lines += [
-            f"- **{row['method']} diverged** (step {format_cell(row['lr'])}): "
-            f"{format_cell(row['reason']) or 'no reason given'}"
-            for row in diverged
-        ]
-    return "\n".join(lines) + "\n"
+        blocks.append("\n".join(diverged))
+    return "\n\n".join(blocks) + "\n"
 
 
 def finite_or_none(value: float | None) -> float | None:

@@ -47,10 +47,8 @@ def map_points(spec: MethodSpec) -> int:
 def epoch_maps(
     chunks: Iterable[Chunk], n: int, spec: MethodSpec, beat: Callable[[], None] | None = None
 ) -> tuple[np.ndarray, float]:
-    """Segment maps of one epoch (chunks aligned to map_points) and the largest batch λmax.
-
-    `beat()` is called after each chunk.
-    """
+    """Segment maps of one epoch (chunks aligned to map_points) and the largest batch λmax;
+    `beat()` after each chunk."""
     step = map_points(spec)
     maps = np.empty((-(-n // step), 6))
     done, lam = 0, 0.0
@@ -73,8 +71,9 @@ def epoch_maps(
 
 def _exact_epoch(
     visits: Visits, e: int, spec: MethodSpec, rows: np.ndarray, updates: np.ndarray
-) -> bool:
-    """Run epoch e update by update; False when a parameter stops being finite (training stops)."""
+) -> tuple[int, int]:
+    """Run epoch e update by update, as run_epochs reports: (e + 1, DONE), or (e, STOPPED) once
+    a parameter stops being finite."""
     w, b, done = rows[1, e], rows[2, e], 0
     for x, y in visits.chunks(e, spec.batch_size):
         if spec.method is Method.sgd:
@@ -84,10 +83,10 @@ def _exact_epoch(
         done += made
         if not (math.isfinite(w) and math.isfinite(b)):
             stop(rows, updates, e, done)
-            return False
+            return e, STOPPED
     rows[1, e + 1], rows[2, e + 1] = w, b
     updates[e + 1] = updates[e] + done
-    return True
+    return e + 1, DONE
 
 
 def _stable(spec: MethodSpec, stats: Moments, batch_lambda: float) -> bool:
@@ -148,10 +147,7 @@ def train_fast(
             maps, summary, spec.lr, e, min(e + stride, epochs), rows, updates, per_epoch
         )
         if status == EXACT:
-            if _exact_epoch(visits, e, spec, rows, updates):
-                e, status = e + 1, DONE
-            else:
-                status = STOPPED
+            e, status = _exact_epoch(visits, e, spec, rows, updates)
         if status != STOPPED and e < epochs:
             beat()
     if status != STOPPED:

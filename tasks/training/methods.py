@@ -20,7 +20,6 @@ from tasks.training.visits import (
     Chunk,
     Visits,
     array_visits,
-    epoch_order,
     shuffled,
     stream_visits,
     streams_rows,
@@ -137,9 +136,7 @@ def train(
     reference engine's wall time covers its epochs only.
     """
     stats = moments if moments is not None else compute_moments(x, y)
-    needs_lambda = spec.method is Method.minibatch and (
-        shuffled(spec) or spec.engine == "reference"
-    )
+    needs_lambda = spec.method is Method.minibatch and (shuffled(spec) or spec.engine != "fast")
     batch_lambda = in_order_batch_lambda(x, y, spec) if needs_lambda else None
     if spec.engine == "fast":
         visits = array_visits(x, y, spec)
@@ -148,7 +145,5 @@ def train(
     from tasks.training.reference import check_device, train_reference
 
     check_device(spec.device)
-    order = (lambda e: epoch_order(x.shape[0], spec.shuffle_seed, e)) if shuffled(spec) else None
-    run = partial(train_reference, x, y, spec, order, spec.device)
-    trace, wall_time = _timed(run, spec.epochs, progress)
+    trace, wall_time = _timed(partial(train_reference, x, y, spec), spec.epochs, progress)
     return _history(spec, trace, wall_time, stats, batch_lambda)

@@ -15,13 +15,14 @@ It runs on the CPU, or on a GPU torch sees (`--device cuda`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from tasks.errors import InputError
 from tasks.params import Method, MethodSpec
+from tasks.training.visits import epoch_order, shuffled
 
 
 def check_device(device: str) -> None:
@@ -53,35 +54,22 @@ def point_step(
     return w - lr * (2 * error * x), b - lr * (2 * error)
 
 
-def batches(
-    x: torch.Tensor, y: torch.Tensor, size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Consecutive batches of `size` points (single points as 0-d tensors)."""
-    if size == 1:
-        return zip(x, y, strict=True)
-    return zip(x.split(size), y.split(size), strict=True)
-
-
 def train_reference(
-    x: np.ndarray,
-    y: np.ndarray,
-    spec: MethodSpec,
-    order: Callable[[int], np.ndarray] | None = None,
-    device: str | torch.device = "cpu",
-    tick: Callable[[int, float], None] | None = None,
+    x: np.ndarray, y: np.ndarray, spec: MethodSpec, tick: Callable[[int, float], None] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Train in spec.dtype arithmetic; returns (loss, w, b, updates), each of length epochs + 1.
+    """Train in spec.dtype arithmetic on spec.device: (loss, w, b, updates), each epochs + 1 long.
 
-    `order(e)` gives the visiting order of epoch e (shuffled SGD and mini-batch descent);
-    `tick(e, loss)` hears the loss after each epoch e. Training stops once the loss or a
-    parameter is not finite: later rows are NaN and the update count stays where it stopped.
+    A shuffled epoch visits the points in epoch_order; `tick(e, loss)` hears the loss after
+    each epoch e. Training stops once the loss or a parameter is not finite: later rows are
+    NaN and the update count stays where it stopped.
     """
+    device = spec.device
     dtype = getattr(torch, spec.dtype)
     xt = torch.as_tensor(x, dtype=dtype, device=device)
     yt = torch.as_tensor(y, dtype=dtype, device=device)
     w = torch.tensor(spec.w0, dtype=dtype, device=device)
     b = torch.tensor(spec.b0, dtype=dtype, device=device)
-    size = {Method.bgd: xt.shape[0], Method.sgd: 1, Method.minibatch: spec.batch_size}
+    size = {Method.bgd: xt.shape[0], Method.sgd: 1, Method.minibatch: spec.batch_size}[spec.method]
     step = point_step if spec.method is Method.sgd else gradient_step
 
     epochs = spec.epochs
@@ -96,12 +84,14 @@ def train_reference(
                 tick(e, loss[e])
             if not math.isfinite(loss[e]):
                 break
-            if order is not None:
-                perm = torch.as_tensor(order(e), device=device)
+            if shuffled(spec):
+                perm = torch.as_tensor(epoch_order(len(x), spec.shuffle_seed, e), device=device)
                 xe, ye = xt[perm], yt[perm]
             else:
                 xe, ye = xt, yt
-            for xb, yb in batches(xe, ye, size[spec.method]):
+            # consecutive batches; single points as 0-d tensors, for point_step
+            pieces = (xe, ye) if size == 1 else (xe.split(size), ye.split(size))
+            for xb, yb in zip(*pieces, strict=True):
                 w, b = step(w, b, xb, yb, spec.lr)
                 count += 1
                 finite = math.isfinite(w.item()) and math.isfinite(b.item())

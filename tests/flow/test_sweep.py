@@ -73,6 +73,7 @@ def test_sweep_reuses_the_cells_a_run_computed_and_publishes_its_report(tmp_path
 
     result = state.result().model_dump()
     assert (result["cells"], result["cached"], result["diverged"]) == (9, 3, 1)
+    assert Path(result["datasets"]["0"]).is_file()
     assert Path(result["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     histories = pq.read_table(result["histories"])
     assert histories.num_rows == 9 * 21

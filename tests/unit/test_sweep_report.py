@@ -156,6 +156,24 @@ def test_summary_folds_seeds_marks_divergence_and_picks_the_best_step() -> None:
     assert summary.bounds.tolist() == [0.12]
 
 
+def test_summary_epochs_are_the_median_over_seeds_unless_one_never_got_there() -> None:
+    cells = [
+        Cell(seed=s, batch_size=100, lr=lr, method=Method.bgd) for s in (0, 1) for lr in (0.1, 0.2)
+    ]
+    losses = {  # floor 1: the target is an excess loss of 0.01
+        (0, 0.1): [11.0, 1.005, 1.0],  # reached at epoch 1
+        (1, 0.1): [11.0, 2.0, 1.001],  # reached at epoch 2
+        (0, 0.2): [11.0, 1.005, 1.0],
+        (1, 0.2): [11.0, 2.0, 1.5],  # never reached
+    }
+    histories = [_history(losses[c.seed, c.lr], c.lr) for c in cells]
+    summary = summarise(_rows(cells, histories, {0: 1.0, 1: 1.0}))
+    assert summary.epochs[0, 0] == 1.5
+    assert np.isnan(summary.epochs[1, 0])
+    assert summary.diverged.dtype == np.int64
+    assert summary.diverged.tolist() == [[0], [0]]
+
+
 def test_best_rows_name_the_best_step_and_where_it_diverged() -> None:
     (best,) = best_rows(summarise(_rows(*_grid(), {0: 1.0, 1: 1.0})))
     assert (best["batch_size"], best["method"], best["best_lr"]) == (100, "bgd", 0.1)

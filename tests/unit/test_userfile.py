@@ -17,7 +17,7 @@ from tasks.data.userfile import (
     check_values,
     ingest,
     inspect_source,
-    parquet_file,
+    open_parquet,
     read_columns,
     stat_source,
 )
@@ -125,7 +125,8 @@ def test_an_unknown_uri_scheme_is_refused() -> None:
 
 def test_columns_are_read_in_bounded_chunks(tmp_path) -> None:
     source = user_file(tmp_path / "mine.parquet", rows=10_000)
-    chunks = list(read_columns(parquet_file(str(source)), str(source), "a", "b", chunk_rows=1000))
+    opened, _ = open_parquet(str(source), "a", "b")
+    chunks = list(read_columns(opened, str(source), "a", "b", chunk_rows=1000))
     assert max(len(x) for x, _ in chunks) <= 1000
     assert np.array_equal(
         np.concatenate([x for x, _ in chunks]),
