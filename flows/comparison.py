@@ -24,17 +24,22 @@ class RunResult(RunReport):
 
 
 def _run_name() -> str:
+    """The run's key parameters and a short id: two runs of the same parameters differ."""
     params = RunParams.model_validate(flow_run.parameters.get("params") or {})
     data = Path(params.data).stem if params.data else f"n{params.n_samples}"
     methods = "+".join(m.value for m in params.methods)
-    return f"{params.preset}-{data}-e{params.epochs}-{methods}"
+    return f"{params.preset}-{data}-e{params.epochs}-{methods}-{flow_run.id[:6]}"
 
 
-def _tag_run(tag: str) -> None:
-    """Add `tag` to this flow run, however it was started (CLI, deployment, schedule)."""
-    if tag not in flow_run.tags:
+def _tag_run(params: RunParams) -> None:
+    """Tag this flow run with its preset, methods and data source, however it was started
+    (CLI, deployment, schedule)."""
+    tags = [f"preset:{params.preset}", *(f"method:{m.value}" for m in params.methods)]
+    tags.append("data:file" if params.data else "data:synthetic")
+    missing = [tag for tag in tags if tag not in flow_run.tags]
+    if missing:
         with get_client(sync_client=True) as client:
-            client.update_flow_run(flow_run.id, tags=[*flow_run.tags, tag])
+            client.update_flow_run(flow_run.id, tags=[*flow_run.tags, *missing])
 
 
 def prepare_data(params: RunParams, data_dir: Path) -> DatasetRef:
@@ -63,7 +68,7 @@ def gd_comparison(params: RunParams | None = None) -> RunResult:
     """Compare batch, stochastic and mini-batch gradient descent on one data set."""
     params = params or RunParams()
     data_dir = resolve_data_dir(params.data_dir)
-    _tag_run(f"preset:{params.preset}")
+    _tag_run(params)
 
     # 1. the data: generated, or the user's file copied in
     dataset = prepare_data(params, data_dir)

@@ -36,7 +36,7 @@ class SweepResult(SweepReport):
 def _run_name() -> str:
     params = SweepParams.model_validate(flow_run.parameters.get("params") or {})
     shape = f"{len(params.lrs)}x{len(params.batch_sizes)}x{len(params.seeds)}"
-    return f"sweep-n{params.n_samples}-e{params.epochs}-{shape}"
+    return f"sweep-n{params.n_samples}-e{params.epochs}-{shape}-{flow_run.id[:6]}"
 
 
 @flow(name="gd-sweep", flow_run_name=_run_name, persist_result=False)

@@ -1,6 +1,6 @@
 """What gdflow shows on the terminal: the tables of results and the trainings' progress bars.
 
-Once a training has worked long enough to get a Prefect progress artifact, the training task
+Once a training has worked long enough to report its progress, the training task
 (tasks.steps.ProgressReport) attaches its figures to its progress log records; a handler on
 Prefect's task-run logger draws them as bars, for the trainings a command runs in its own
 process. A bar goes when its training ends.

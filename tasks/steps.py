@@ -33,10 +33,10 @@ from tasks.history import MethodResult, read_history, write_history
 from tasks.params import Cell, DataSpec, MethodSpec, RunParams, SweepParams
 from tasks.storage import FileRecord, read_manifest, write_bytes_atomic, write_parquet
 
-# A method shows a Prefect progress artifact once it has trained this long.
-SHOW_PROGRESS_AFTER_S = 3.0
-# From then on its progress log records carry the figures in this attribute, for the command
-# line's progress bars (flows.terminal).
+# A training reports its progress once it has worked this long: a short one's log is its result.
+SHOW_PROGRESS_AFTER_S = 2.0
+# Its progress log records carry the figures in this attribute, for the command line's
+# progress bars (flows.terminal).
 PROGRESS_FIELD = "gdflow_progress"
 
 
@@ -110,9 +110,9 @@ def load_user_data(source: SourceFile, x_col: str, y_col: str, data_dir: str) ->
 
 
 class ProgressReport:
-    """Where one training's progress goes: a log line about every tenth of the epochs and, once
-    it has trained SHOW_PROGRESS_AFTER_S, a Prefect progress artifact and the figures of a
-    terminal progress bar."""
+    """Where one training's progress goes once it has worked SHOW_PROGRESS_AFTER_S: a log line
+    about every tenth of the epochs, a Prefect progress artifact and the figures of a terminal
+    progress bar."""
 
     def __init__(self, spec: MethodSpec) -> None:
         self.spec = spec
@@ -121,17 +121,19 @@ class ProgressReport:
         self.artifact: UUID | None = None
 
     def __call__(self, epoch: int, loss: float) -> None:
+        if time.monotonic() - self.started < SHOW_PROGRESS_AFTER_S:
+            return
         epochs, name = self.spec.epochs, self.spec.method.value
         percent = 100.0 * epoch / epochs
-        if self.artifact is not None:
-            update_progress_artifact(self.artifact, percent)
-        elif time.monotonic() - self.started >= SHOW_PROGRESS_AFTER_S:
+        if self.artifact is None:
             self.artifact = create_progress_artifact(
                 percent,
                 key=f"train-{name}-progress",
                 description=f"Training {name}: share of the {epochs} epochs done",
             )
-        bar = {"epoch": epoch, "epochs": epochs, "loss": loss} if self.artifact else None
+        else:
+            update_progress_artifact(self.artifact, percent)
+        bar = {"epoch": epoch, "epochs": epochs, "loss": loss}
         line = "%s: epoch %d/%d (%.0f%%), loss %.4g"
         self.logger.info(line, name, epoch, epochs, percent, loss, extra={PROGRESS_FIELD: bar})
 

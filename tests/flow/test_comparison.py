@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,20 @@ def test_default_run_writes_every_output(tmp_path) -> None:
     assert Path(result["figure_svg"]).is_file()
     summary = json.loads(Path(result["summary"]).read_text())
     assert {r["method"] for r in summary["results"]} == {"bgd", "sgd", "minibatch"}
+
+
+def test_runs_of_the_same_parameters_get_their_own_names_and_telling_tags(tmp_path) -> None:
+    first, _ = run(tmp_path, methods=["bgd", "sgd"])
+    second, _ = run(tmp_path, methods=["bgd", "sgd"])
+    assert first["flow_run_name"] != second["flow_run_name"]
+    for result in (first, second):
+        assert re.fullmatch(r"default-n100-e20-bgd\+sgd-[0-9a-f]{6}", result["flow_run_name"])
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name={"any_": [first["flow_run_name"]]})
+        )[0]
+    assert {"preset:default", "method:bgd", "method:sgd", "data:synthetic"} <= set(flow_run.tags)
+    assert "method:minibatch" not in flow_run.tags
 
 
 def test_tutorial_preset_completes_with_sgd_marked_diverged(tmp_path) -> None:
@@ -125,8 +140,9 @@ def test_damaged_dataset_is_regenerated_and_retrained(tmp_path, damage: str) -> 
 
 
 def _without_times(result: dict[str, Any]) -> dict[str, Any]:
+    """The result less what differs between runs of the same numbers: times and run names."""
     methods = {n: {**m, "wall_time_s": None} for n, m in result["methods"].items()}
-    return {**result, "methods": methods}
+    return {**result, "methods": methods, "flow_run_name": None}
 
 
 def test_deleted_history_is_retrained(tmp_path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ def test_sweep_reuses_the_cells_a_run_computed_and_publishes_its_report(tmp_path
 
     result = state.result().model_dump()
     assert (result["cells"], result["cached"], result["diverged"]) == (9, 3, 1)
+    assert re.fullmatch(r"sweep-n100-e20-3x3x1-[0-9a-f]{6}", result["flow_run_name"])
     assert Path(result["datasets"]["0"]).is_file()
     assert Path(result["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     histories = pq.read_table(result["histories"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,7 +135,7 @@ def test_a_scheduled_run_is_executed_by_a_worker(deployments, prefect_api, tmp_p
             )
         ]
     assert run.state_name == "Completed", run.state
-    assert run.name == "default-n100-e20-bgd+sgd+minibatch"
+    assert re.fullmatch(r"default-n100-e20-bgd\+sgd\+minibatch-[0-9a-f]{6}", run.name)
     assert {"auto-scheduled", "nightly", "preset:default"} <= set(run.tags)
     (artifact,) = artifacts
     assert "data:image/png;base64," in artifact.data

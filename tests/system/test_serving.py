@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -137,7 +138,7 @@ def test_serve_schedules_the_flow_and_runs_it(server, tmp_path) -> None:
         code = stop(serving)
     assert code == 0, log.read_text()[-3000:]
     assert run.state_name == "Completed", log.read_text()[-3000:]
-    assert run.name == "tutorial-n100-e30-bgd+sgd"
+    assert re.fullmatch(r"tutorial-n100-e30-bgd\+sgd-[0-9a-f]{6}", run.name)
     assert {"auto-scheduled", "served", "preset:tutorial"} <= set(run.tags)
     assert deployment.parameters == {
         "params": {"preset": "tutorial", "epochs": 30, "data_dir": str(tmp_path)}
