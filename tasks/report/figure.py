@@ -172,7 +172,8 @@ def build_figure(
     _panel_loss(ax_updates, histories, floor, use_updates=True)
     _panel_data(ax_data, histories, x, y, true_slope, true_intercept)
     panel_paths(ax_paths, histories, moments, floor)
-    body.supxlabel(textwrap.fill(caption, 190), fontsize=9, color="0.3")
+    # the caption holds the user's file and column names: text, never mathematics
+    body.supxlabel(textwrap.fill(caption, 190), fontsize=9, color="0.3", parse_math=False)
     return fig
 
 

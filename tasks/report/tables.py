@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import html
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +15,8 @@ from tasks.history import History, MethodResult
 from tasks.params import Method, RunParams, SharedParams
 from tasks.stats import Moments
 
+# What makes markup of plain text within a line: emphasis, code, links and images, tables.
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]|~])")
 TITLE = "Gradient descent on y = w·x + b: batch vs stochastic vs mini-batch"
 COMPARISON_KEY = "gd-comparison"  # the markdown artifact
 LOSSES_KEY = "gd-losses"  # the loss table artifact
@@ -101,6 +105,12 @@ def format_cell(value: Any) -> str:
     return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def markdown_text(text: str) -> str:
+    """`text` as literal text in markdown: HTML and markdown's own punctuation escaped, so a
+    file or column name the user chose is shown as it is, never as markup."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", html.escape(text, quote=False))
+
+
 def figure_markdown(title: str, texts: Sequence[str], alt: str, png: bytes) -> list[str]:
     """The first blocks of a report's markdown: its title, texts and the figure (a data URL)."""
     image = base64.b64encode(png).decode("ascii")
@@ -116,7 +126,8 @@ def comparison_markdown(
         "|" + "|".join("---" for _ in COLUMNS) + "|",
         *("| " + " | ".join(format_cell(row[key]) for key, _ in COLUMNS) + " |" for row in rows),
     ]
-    blocks = figure_markdown(TITLE, [caption, f"Data: {source}"], "comparison", png_bytes)
+    texts = [markdown_text(caption), "Data: " + markdown_text(source)]
+    blocks = figure_markdown(TITLE, texts, "comparison", png_bytes)
     blocks.append("\n".join(table))
     diverged = [
         f"- **{row['method']} diverged** (step {format_cell(row['lr'])}): "

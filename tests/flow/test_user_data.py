@@ -158,3 +158,19 @@ def test_integer_and_extra_columns_are_accepted_at_the_command_line(
     assert stored.schema.names == ["x", "y"]
     assert np.array_equal(stored["x"].to_numpy(), x.astype(np.float32))
     assert "Traceback" not in result.stderr
+
+
+def test_names_from_the_user_are_shown_as_text_not_markup(tmp_path) -> None:
+    """A `$` would be mathematics to matplotlib and HTML would be markup to the UI."""
+    column = "<img src=x onerror=alert(1)>"
+    source = user_file(tmp_path / "cost in $^$ (odd).parquet", **{column: np.zeros(200)})
+    _, states, run_id = run(tmp_path / "data", data=str(source), x_col=column, y_col="b")
+    assert states["publish-report"] == "Completed"
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gd-comparison"])),
+            flow_run_filter=FlowRunFilter(id={"any_": [run_id]}),
+        )
+    assert column not in artifact.data
+    assert "&lt;img src=x onerror=alert(1)&gt;" in artifact.data
+    assert "cost in $^$ (odd).parquet" in artifact.data

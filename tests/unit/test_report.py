@@ -461,3 +461,10 @@ def test_caption_credits_the_users_file() -> None:
     assert "noise" not in text
     assert "(batch" not in text
     assert "shuffled each epoch" in text
+
+
+def test_user_text_is_escaped_in_markdown() -> None:
+    from tasks.report.tables import markdown_text
+
+    shown = markdown_text("<b>x</b> *y* _z_ [l](u) a|b `c`")
+    assert shown == r"&lt;b&gt;x&lt;/b&gt; \*y\* \_z\_ \[l\](u) a\|b \`c\`"
