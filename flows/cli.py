@@ -243,7 +243,7 @@ def cache(
         print(f"{title}: nothing")
         return 0
     print(title)
-    terminal.print_areas(areas, sum(e.size for e in chosen))
+    terminal.print_areas(areas)
     return 0
 
 

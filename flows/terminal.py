@@ -96,7 +96,7 @@ def print_sweep(result: Any, title: str) -> None:
     print(f"Figure: {result.figure}\nAll histories: {result.histories}")
 
 
-def print_areas(areas: dict[str, Area], total_bytes: int) -> None:
+def print_areas(areas: dict[str, Area]) -> None:
     """The cache's entries, size and oldest age per area, and their total."""
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("area", "entries", "size", "oldest"):
@@ -104,7 +104,8 @@ def print_areas(areas: dict[str, Area], total_bytes: int) -> None:
     for name, a in areas.items():
         table.add_row(name, f"{a.entries:,}", format_size(a.bytes), format_age(a.oldest_s))
     entries = sum(a.entries for a in areas.values())
-    table.add_row("total", f"{entries:,}", format_size(total_bytes), "")
+    size = sum(a.bytes for a in areas.values())
+    table.add_row("total", f"{entries:,}", format_size(size), "")
     stdout().print(table)
 
 
