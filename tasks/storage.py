@@ -6,10 +6,12 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shutil
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from stat import S_ISREG
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -45,7 +47,11 @@ def sha256_file(path: Path | str, fs: pafs.FileSystem | None = None) -> str:
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; move it into place only if the block succeeds."""
+    """Yield a temporary path beside `target`; move it into place only if the block succeeds.
+
+    A directory where the file belongs is removed first: targets are gdflow's own paths under
+    its data directory, so anything else there is damage, and a rename cannot replace it.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
@@ -53,6 +59,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -96,22 +104,45 @@ def read_manifest(target: Path) -> FileRecord | None:
         return None
 
 
-def is_intact(target: Path) -> bool:
-    """True when the file exists and is unchanged since its manifest was written (cheap stat)."""
-    record = read_manifest(target)
+def find_damage(target: Path, content: bool = True) -> str | None:
+    """What keeps the file at `target` from being served, or None: it must be a regular file
+    (not a link) with its manifest's size and time and, when `content`, its content hash.
+
+    The hash is checked by verify, so a process hashes a file once and its readers reuse that.
+    """
     try:
-        stat = target.stat()
+        found = os.lstat(target)
     except OSError:
-        return False
-    return record is not None and (stat.st_size, stat.st_mtime_ns) == (record.size, record.mtime_ns)
+        return "is missing"
+    if not S_ISREG(found.st_mode):
+        return "is not a regular file"
+    record = read_manifest(target)
+    if record is None or record.path != str(target):
+        return "has no valid manifest"
+    if (found.st_size, found.st_mtime_ns) != (record.size, record.mtime_ns):
+        return "changed since it was written (size or time differs)"
+    if content:
+        try:
+            verify(record)
+        except CorruptFileError:
+            return "changed since it was written (content hash differs)"
+        except OSError as exc:
+            return f"cannot be read ({exc.strerror})"
+    return None
 
 
-def _stat_key(path: Path) -> tuple[str, int, int]:
-    stat = path.stat()
-    return str(path), stat.st_size, stat.st_mtime_ns
+def is_intact(target: Path) -> bool:
+    """True when the file is unchanged since its manifest was written, by a cheap stat."""
+    return find_damage(target, content=False) is None
 
 
-_verified: dict[tuple[str, int, int], str] = {}
+def _stat_key(path: Path) -> tuple[str, int, int, int, int]:
+    # The change time and inode too: a write that restores the size and mtime still moves them.
+    found = path.stat()
+    return str(path), found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_ino
+
+
+_verified: dict[tuple[str, int, int, int, int], str] = {}
 _verify_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
 _verify_guard = threading.Lock()
 
@@ -125,8 +156,8 @@ def _changed(path: Path) -> CorruptFileError:
 def verify(record: FileRecord) -> None:
     """Check the file's bytes against its recorded hash, block by block (bounded memory).
 
-    A process hashes a file once while its size and mtime stay the same; concurrent callers
-    wait for that one pass instead of hashing it again.
+    A process hashes a file once while its size, times and inode stay the same; concurrent
+    callers wait for that one pass instead of hashing it again.
     """
     path = Path(record.path)
     with _verify_guard:
