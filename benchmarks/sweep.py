@@ -25,6 +25,7 @@ from typing import Any
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 
+from flows.serving import reporting_server
 from flows.sweep import run_sweep, task_runner
 from tasks.data.dataset import DatasetRef, load_columns
 from tasks.data.synthetic import write_synthetic
@@ -119,11 +120,12 @@ def main() -> None:
     print(f"plain loop, no Prefect: {compute:.1f} s ({compute / cells * 1e3:.0f} ms per cell)")
 
     runs: list[tuple[int, float, float]] = []
-    for i, n in enumerate(counts):
-        params = base.model_copy(update={"data_dir": str(root / f"sweep-{i}-{n}")})
-        wall, window = timed_sweep(params, n)
-        runs.append((n, wall, window))
-        print(f"{_runner(n)}: sweep {wall:.1f} s, training window {window:.1f} s; {_load()}")
+    with reporting_server():
+        for i, n in enumerate(counts):
+            params = base.model_copy(update={"data_dir": str(root / f"sweep-{i}-{n}")})
+            wall, window = timed_sweep(params, n)
+            runs.append((n, wall, window))
+            print(f"{_runner(n)}: sweep {wall:.1f} s, training window {window:.1f} s; {_load()}")
 
     print()
     print(f"{'runner':>18} {'sweep (s)':>10} {'training (s)':>13} {'overhead/cell (ms)':>19}")

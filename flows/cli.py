@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from pydantic import PlainValidator
 from flows import terminal
 from flows.cache_listing import collect, parse_age, remove, summarize
 from flows.preflight import (
+    INTERRUPTED,
     check_run,
     check_sweep,
     explain_failure,
@@ -87,6 +89,8 @@ def _error(message: str, exit_code: int) -> int:
 def _finish(state: Any, what: str, as_json: bool, show: Callable[[Any, str], None]) -> int:
     """Print a finished flow run's result (JSON, or `show(result, title)`), or the one line
     saying why it did not complete; return the exit code."""
+    if INTERRUPTED.is_set():  # the run failed because it was interrupted
+        raise KeyboardInterrupt
     run_id = str(state.state_details.flow_run_id)
     if not state.is_completed():
         error = explain_failure(state.result(raise_on_failure=False))
@@ -125,13 +129,13 @@ def run(
         raise InputError(f"--table {table}: that method is not being run; pick one of --methods")
     check_run(params)
     from flows.comparison import gd_comparison
-    from flows.serving import describe_target
+    from flows.serving import describe_target, reporting_server
 
     target = describe_target()
     if not as_json:
         _note(f"Running gd-comparison on {target} ...")
     quiet_known_tracebacks()
-    with terminal.progress_bars(shown=not as_json):
+    with reporting_server(), terminal.progress_bars(shown=not as_json):
         state = gd_comparison(params=params, return_state=True)
     return _finish(state, "run", as_json, partial(terminal.print_run, table_of=table))
 
@@ -162,7 +166,7 @@ def sweep(
     Lists are comma-separated: --lrs 0.01,0.02 --batch-sizes 1,10,n --seeds 0,1.
     """
     params = params_from_options(SweepParams, given, "sweep")
-    from flows.serving import describe_target
+    from flows.serving import describe_target, reporting_server
     from flows.sweep import run_sweep, task_runner
 
     runner = task_runner(dask, dask_address, dask_workers)
@@ -174,7 +178,7 @@ def sweep(
         cells = terminal.runs(len(params.cells()))
         _note(f"Running gd-sweep ({cells} on {where}) on {target} ...")
     quiet_known_tracebacks()
-    with terminal.progress_bars(shown=not as_json):
+    with reporting_server(), terminal.progress_bars(shown=not as_json):
         state = run_sweep(params, runner)
     return _finish(state, "sweep", as_json, terminal.print_sweep)
 
@@ -275,14 +279,21 @@ def run_command(tokens: list[str]) -> int:
     return code if isinstance(code, int) else 0
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C and SIGTERM: a KeyboardInterrupt, remembered in INTERRUPTED."""
+    INTERRUPTED.set()
+    signal.default_int_handler(signum, frame)
+
+
 def main() -> None:
     """The `gdflow` program."""
     # Prefect reads these when it is first imported, which the commands do.
     # Analytics off, the server's and the client's (which asks the server in the background).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    # A temporary server on a fresh Prefect home, on a busy machine, can take longer than 20 s.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    # A scheduler stops a command with SIGTERM: it ends as Ctrl-C ends it (exit 130, clean up).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     sys.exit(run_command(sys.argv[1:]))
 
 

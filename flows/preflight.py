@@ -7,6 +7,7 @@ import errno
 import logging
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +23,9 @@ _REPORT_BYTES = 4 << 20  # figures, summary and cache records of one run, genero
 _HISTORY_ROW_BYTES = 40  # one epoch of a history: epoch, loss, w, b, updates
 _DATA_ROW_BYTES = 8  # one point of a data set: float32 x and y
 Params = TypeVar("Params", bound=BaseModel)
+# Set on Ctrl-C or SIGTERM. Library code may turn the KeyboardInterrupt into another error (a
+# pydantic serializer does) and fail the run: the command still ends as interrupted, in one line.
+INTERRUPTED = threading.Event()
 
 
 def params_from_options(model: type[Params], given: dict[str, Any] | None, command: str) -> Params:
@@ -122,14 +126,16 @@ def explain_failure(exc: BaseException | None) -> GdflowError | None:
 
 
 class _WithoutKnownTracebacks(logging.Formatter):
-    """Formats as `inner` does, leaving out tracebacks of failures explain_failure knows."""
+    """Formats as `inner` does, leaving out tracebacks of failures explain_failure knows and of
+    everything after an interrupt."""
 
     def __init__(self, inner: logging.Formatter) -> None:
         super().__init__()
         self.inner = inner
 
     def format(self, record: logging.LogRecord) -> str:
-        if explain_failure(record.exc_info[1] if record.exc_info else None) is not None:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and (INTERRUPTED.is_set() or explain_failure(exc) is not None):
             # a copy: the other handlers of the record (Prefect's API log) keep the traceback
             record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
         return self.inner.format(record)

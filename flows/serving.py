@@ -4,6 +4,8 @@ comparison on a schedule."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import signal
 import socket
@@ -11,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +23,7 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.deployments.runner import EntrypointType
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.logging.handlers import APILogWorker
-from prefect.settings import get_current_settings
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 from prefect.workers.process import ProcessWorker
 from pydantic import ValidationError
 
@@ -34,6 +36,8 @@ WORK_POOL = "gdflow"  # the process work pool of prefect.yaml's deployments
 SERVER_START_TIMEOUT_S = 120.0
 SERVER_STOP_TIMEOUT_S = 20.0
 LOOPBACK = "127.0.0.1"
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent exits
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def api_is_up(api_url: str, timeout: float = 2.0) -> bool:
@@ -50,6 +54,7 @@ def describe_target() -> str:
     temporary one."""
     api = get_current_settings().api.url  # PREFECT_API_URL or the active profile's
     if not api:
+        check_prefect_home()
         return "a temporary local Prefect server (start one with `gdflow server` to keep runs)"
     if not api_is_up(api):
         raise BrokenEnvironment(
@@ -106,11 +111,58 @@ def serve_comparison(
     )
 
 
+def _die_with_this_process() -> Callable[[], None]:
+    """A preexec_fn for a child that must not outlive this process, however it ends: the kernel
+    sends the child SIGTERM when the thread that started it exits (Linux; elsewhere nothing)."""
+    parent = os.getpid()
+    prctl = getattr(ctypes.CDLL(None), "prctl", None)  # looked up before the fork
+
+    def arrange() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # this process died before the request was made
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return arrange
+
+
+def check_prefect_home() -> None:
+    """Refuse a Prefect home a server cannot start from: a file, or a database file that is not
+    SQLite (Prefect's server would restart on it forever)."""
+    home = get_current_settings().home
+    if home.exists() and not home.is_dir():
+        raise BrokenEnvironment(
+            f"PREFECT_HOME={home} is a file, not a directory; "
+            "move it aside or point PREFECT_HOME at a directory"
+        )
+    url = get_current_settings().server.database.connection_url
+    database = home / "prefect.db"
+    if url is not None and str(database) not in url.get_secret_value():
+        return  # another database: the server says what is wrong with it
+    try:
+        with open(database, "rb") as f:
+            header = f.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        return  # a new home: the server creates its database
+    except OSError as exc:
+        raise BrokenEnvironment(
+            f"cannot read Prefect's database {database} ({exc.strerror}); "
+            "fix its permissions or point PREFECT_HOME at another directory"
+        ) from None
+    if header and header != _SQLITE_HEADER:
+        raise BrokenEnvironment(
+            f"Prefect's database {database} is not a SQLite database; move it aside "
+            "(the server makes a new, empty one) or point PREFECT_HOME at another directory"
+        )
+
+
 @contextlib.contextmanager
 def _prefect_server(host: str, port: int, quiet: bool = False) -> Iterator[subprocess.Popen[bytes]]:
     """`prefect server start` on host:port (analytics off, its UI pointing there) while the block
     runs, which starts once the server answers; its output on this terminal, or discarded if
-    quiet. Stopped at the end: asked to shut down, killed after SERVER_STOP_TIMEOUT_S."""
+    quiet. Stopped at the end: asked to shut down, killed after SERVER_STOP_TIMEOUT_S; and
+    stopped by the kernel if this process is killed."""
+    check_prefect_home()
     api_url = f"http://{host}:{port}/api"
     env = {
         **os.environ,
@@ -121,7 +173,16 @@ def _prefect_server(host: str, port: int, quiet: bool = False) -> Iterator[subpr
     }
     output = subprocess.DEVNULL if quiet else None
     command = [sys.executable, "-m", "prefect", "server", "start"]
-    server = subprocess.Popen(command, env=env, stdout=output, stderr=output)
+    # In a session of its own, a terminal's Ctrl-C reaches only this process, which then stops
+    # the server once what it logged has reached it.
+    server = subprocess.Popen(
+        command,
+        env=env,
+        stdout=output,
+        stderr=output,
+        start_new_session=True,
+        preexec_fn=_die_with_this_process(),
+    )
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while not api_is_up(api_url, timeout=1.0):
@@ -150,16 +211,33 @@ def _prefect_server(host: str, port: int, quiet: bool = False) -> Iterator[subpr
 def local_server() -> Iterator[str]:
     """A Prefect server on a free loopback port while the block runs; yields its API URL.
 
-    For worker processes (a local Dask cluster) that must report to the same server when no
-    PREFECT_API_URL is set. Its output is discarded: this command's stdout may be JSON.
+    Its output is discarded: this command's stdout may be JSON.
     """
     with socket.socket() as sock:  # a port free at the moment
         sock.bind((LOOPBACK, 0))
         port = sock.getsockname()[1]
     with _prefect_server(LOOPBACK, port, quiet=True):
-        yield f"http://{LOOPBACK}:{port}/api"
-        # what this process logged for the server reaches it before it stops
-        APILogWorker.drain_all(timeout=SERVER_STOP_TIMEOUT_S)
+        try:
+            yield f"http://{LOOPBACK}:{port}/api"
+        finally:
+            # what this process logged for the server reaches it before it stops, however the
+            # block ended (log workers left to drain at exit would wait for it forever)
+            APILogWorker.drain_all(timeout=SERVER_STOP_TIMEOUT_S)
+
+
+@contextlib.contextmanager
+def reporting_server() -> Iterator[None]:
+    """The server a run or sweep reports to while the block runs: the one PREFECT_API_URL names,
+    else a temporary local one, started now and stopped when the block ends.
+
+    gdflow starts the temporary server itself, rather than leaving it to Prefect, so that it
+    never outlives the command, and so that worker processes (a local Dask cluster) report to it.
+    """
+    if get_current_settings().api.url:
+        yield
+        return
+    with local_server() as url, temporary_settings({PREFECT_API_URL: url}):
+        yield
 
 
 def ensure_work_pool(api_url: str) -> None:
@@ -173,18 +251,38 @@ def ensure_work_pool(api_url: str) -> None:
         client.create_work_pool(pool)
 
 
+def check_address(host: str, port: int) -> None:
+    """Refuse an address this machine cannot listen on: a port out of range, a host that does not
+    resolve or is not this machine's, a port in use or not allowed."""
+    if not 0 < port < 65536:
+        raise InputError(f"invalid --port {port}; give a port from 1 to 65535, e.g. 4200")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InputError(
+            f"invalid --host {host!r} ({exc.strerror}); give an address of this machine, "
+            "e.g. 127.0.0.1"
+        ) from None
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise InputError(
+                f"port {port} on {host} is already in use (a server already running?); "
+                "pick another with --port"
+            ) from None
+        raise InputError(
+            f"cannot listen on {host}:{port} ({os.strerror(exc.errno or 0)}); "
+            "choose another --host (an address of this machine) or --port"
+        ) from None
+
+
 def run_server(host: str, port: int) -> int:
     """Run `prefect server start` on host:port until interrupted; print where its UI is."""
-    with socket.socket() as sock:
-        in_use = sock.connect_ex((host, port)) == 0
-    if in_use:
-        raise InputError(
-            f"port {port} on {host} is already in use (a server already running?); "
-            "pick another with --port"
-        )
+    check_address(host, port)
     address = f"http://{host}:{port}"
     api_url = f"{address}/api"
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stops it as Ctrl-C does
     try:
         with _prefect_server(host, port) as server:
             ensure_work_pool(api_url)
@@ -196,5 +294,5 @@ def run_server(host: str, port: int) -> int:
                 flush=True,
             )
             return server.wait()
-    except KeyboardInterrupt:  # Ctrl-C reaches the server too; it was given time to shut down
+    except KeyboardInterrupt:  # the server was asked to shut down and given time to
         return 0

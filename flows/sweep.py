@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -12,7 +11,6 @@ from urllib.parse import urlsplit
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from tasks.cache import in_data_dir
@@ -118,17 +116,5 @@ def task_runner(
 
 
 def run_sweep(params: SweepParams, runner: TaskRunner) -> Any:
-    """Run the sweep flow on `runner` and return its final state.
-
-    Dask worker processes must reach the same Prefect server: without PREFECT_API_URL each would
-    start its own temporary one, so a local server is started for the sweep.
-    """
-    if isinstance(runner, ThreadPoolTaskRunner):
-        return gd_sweep(params=params, return_state=True)
-    from flows.serving import local_server
-
-    with contextlib.ExitStack() as stack:
-        if not PREFECT_API_URL.value():
-            url = stack.enter_context(local_server())
-            stack.enter_context(temporary_settings({PREFECT_API_URL: url}))
-        return gd_sweep.with_options(task_runner=runner)(params=params, return_state=True)
+    """Run the sweep flow on `runner` and return its final state."""
+    return gd_sweep.with_options(task_runner=runner)(params=params, return_state=True)

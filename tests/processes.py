@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -50,7 +51,9 @@ def gdflow(
     )
 
 
-def start(*args: str, data_dir: Path, api: str, **extra_env: str) -> subprocess.Popen[str]:
+def start(
+    *args: str, data_dir: Path, api: str | None = None, **extra_env: str
+) -> subprocess.Popen[str]:
     """Start `gdflow ARGS` without waiting for it."""
     return subprocess.Popen(
         gdflow_args(*args),
@@ -114,3 +117,22 @@ def dataset_key(params: RunParams, data_dir: Path) -> str:
     """The cache key, and so the lock file name, of a run's synthetic data set task."""
     inputs = {"spec": params.data_spec(), "data_dir": str(data_dir)}
     return stable_digest("generate_dataset", inputs, code_version())
+
+
+def processes_with(marker: str) -> list[str]:
+    """Command lines of the running processes whose environment holds `marker`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes():
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+def free_port() -> int:
+    """A loopback port no one listens on at the moment."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

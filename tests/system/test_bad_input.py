@@ -11,7 +11,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from flows.comparison import gd_comparison
 from tasks.errors import EXIT_BAD_INPUT as BAD_INPUT
 from tasks.errors import EXIT_FAILED as BROKEN_ENVIRONMENT
 from tasks.params import RunParams
-from tests.processes import assert_one_line_error, gdflow, leftovers, snapshot
+from tests.processes import assert_one_line_error, free_port, gdflow, leftovers, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -274,15 +273,10 @@ def test_a_disk_that_fills_during_the_run_leaves_no_partial_file(
     assert not any(name.endswith(".parquet") for name in new), new
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_an_unreachable_prefect_server_is_an_environment_error(data_dir: Path) -> None:
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_an_unreachable_prefect_server_is_an_environment_error(data_dir: Path, command) -> None:
     before = snapshot(data_dir)
-    url = f"http://127.0.0.1:{_free_port()}/api"
-    result = gdflow("run", "--data-dir", str(data_dir), api=url)
+    url = f"http://127.0.0.1:{free_port()}/api"
+    result = gdflow(command, "--data-dir", str(data_dir), api=url)
     assert_one_line_error(result, BROKEN_ENVIRONMENT, "PREFECT_API_URL", url)
     assert snapshot(data_dir) == before

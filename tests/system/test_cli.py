@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.processes import assert_one_line_error, gdflow, start
+from tests.processes import assert_one_line_error, gdflow, processes_with, start
 
 NO_CUDA = "needs a CUDA device that torch sees"
 
@@ -123,18 +123,6 @@ def test_every_log_line_reaches_the_server_and_a_default_run_logs_a_dozen(
     assert not [m for m in from_tasks if ": epoch " in m], from_tasks
 
 
-def _processes_with(marker: str) -> list[str]:
-    """Command lines of the running processes whose environment holds `marker`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes():
-                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except OSError:  # gone, or not ours to read
-            continue
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux's /proc")
 def test_a_run_without_a_server_uses_a_temporary_one_and_leaves_nothing_running(tmp_path) -> None:
     data_dir = tmp_path / "one-off-run"
@@ -142,7 +130,7 @@ def test_a_run_without_a_server_uses_a_temporary_one_and_leaves_nothing_running(
     assert result.returncode == 0, result.stderr
     assert "Running gd-comparison on a temporary local Prefect server" in result.stderr
     assert (data_dir / "reports").is_dir()
-    assert _processes_with(f"GDFLOW_DATA_DIR={data_dir}") == []
+    assert processes_with(f"GDFLOW_DATA_DIR={data_dir}") == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)

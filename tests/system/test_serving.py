@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,12 +24,7 @@ from prefect.client.schemas.filters import (
 
 from flows.serving import WORK_POOL, api_is_up, deployment_parameters, local_server
 from tasks.params import RunParams
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.processes import free_port
 
 
 def start_gdflow(*args: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
@@ -71,7 +65,7 @@ def stop(process: subprocess.Popen[bytes]) -> int:
 def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     """`gdflow server` on a free port with a fresh Prefect home; yields (UI address, its log)."""
     home = tmp_path_factory.mktemp("server")
-    address = f"http://127.0.0.1:{_free_port()}"
+    address = f"http://127.0.0.1:{free_port()}"
     log = home / "server.log"
     process = start_gdflow(
         "server", "--port", address.rsplit(":", 1)[1], log=log, PREFECT_HOME=str(home)
@@ -173,7 +167,7 @@ def test_serve_refuses_bad_options_in_one_line(args: list[str], named: str) -> N
 
 
 def test_serve_and_run_say_how_to_reach_a_server() -> None:
-    dead = f"http://127.0.0.1:{_free_port()}/api"
+    dead = f"http://127.0.0.1:{free_port()}/api"
     for command in (["run"], ["serve", "--cron", "0 2 * * *"]):
         result = gdflow(*command, PREFECT_API_URL=dead)
         assert result.returncode == 1
