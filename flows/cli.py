@@ -231,6 +231,8 @@ def cache(
     """Show what the cache holds (entries, size, age per area); --clear removes entries."""
     min_age = parse_age(older_than) if older_than is not None else 0.0
     root = resolve_data_dir(data_dir)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"--data-dir {root} is a file; give gdflow's data directory")
     now = time.time()
     chosen = [e for e in collect(root) if now - e.mtime >= min_age]
     if clear:

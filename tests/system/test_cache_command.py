@@ -101,3 +101,11 @@ def test_an_empty_data_directory_holds_nothing(tmp_path) -> None:
 def test_a_malformed_age_is_refused(tmp_path) -> None:
     result = gdflow("cache", "--clear", "--older-than", "7x", "--data-dir", str(tmp_path))
     assert_one_line_error(result, 2, "--older-than '7x'", "e.g. 7d")
+
+
+def test_a_data_dir_that_is_a_file_is_refused(tmp_path) -> None:
+    not_a_dir = tmp_path / "results.txt"
+    not_a_dir.write_text("a file")
+    result = gdflow("cache", "--clear", "--data-dir", str(not_a_dir))
+    assert_one_line_error(result, 2, str(not_a_dir), "is a file")
+    assert not_a_dir.read_text() == "a file"
