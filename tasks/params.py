@@ -13,6 +13,13 @@ from tasks.errors import InputError
 MAX_SAMPLES = 10_000_000_000
 MAX_EPOCHS = 1_000_000
 MAX_SEED = 2**63 - 1
+FLOAT32_MAX = 3.4028234663852886e38
+# |N(0, 1)| exceeds 10 with probability 1.5e-23 per draw, so never in MAX_SAMPLES draws (7 is
+# exceeded with probability 2.6e-12 per draw: a 3 % chance in 10^10 draws).
+NOISE_BOUND = 10.0
+# y is computed in float32 from float32 x and coefficients, rounding at most five times by up
+# to 2^-24 each: data bounded by this stay finite.
+_FLOAT32_SAFE = FLOAT32_MAX * (1 - 2**-20)
 
 
 class Method(StrEnum):
@@ -57,6 +64,18 @@ class DataSpec(BaseModel):
     def _check_range(self) -> DataSpec:
         if not self.x_start < self.x_stop:
             raise ValueError(f"x_start ({self.x_start}) must be below x_stop ({self.x_stop})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_float32_range(self) -> DataSpec:
+        x_max = max(abs(self.x_start), abs(self.x_stop))
+        y_max = abs(self.slope) * x_max + abs(self.intercept) + NOISE_BOUND * self.noise_std
+        if max(x_max, y_max) > _FLOAT32_SAFE:
+            raise ValueError(
+                f"the synthetic data would leave float32's range (|x| up to {x_max:.3g}, |y| up "
+                f"to {y_max:.3g}, float32 ends at {FLOAT32_MAX:.3g}); lower --x-start/--x-stop, "
+                "--slope, --intercept or --noise-std"
+            )
         return self
 
 
@@ -143,18 +162,26 @@ class RunParams(SharedParams):
         json_schema_extra={"enum": list(PRESETS)},  # a dropdown in the UI, checked by deployments
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the noise draw.")
+    seed_from_date: bool = Field(
+        False,
+        description=(
+            "Draw the noise with the run's scheduled date (YYYYMMDD, UTC) as its seed, in place "
+            "of --seed: each night of a schedule has new data, and re-running a night repeats it."
+        ),
+    )
     # or the user's own data, in place of the synthetic data set
     data: str | None = Field(
         None,
         description=(
-            "Your own Parquet file (a path or any URI pyarrow opens) to train on instead of "
-            "synthetic data; the synthetic-data options are then unused."
+            "Your own Parquet file (a path or any URI pyarrow opens; an s3:// URI takes its "
+            "region from ?region= or the AWS configuration) to train on instead of synthetic "
+            "data; the synthetic-data options are then unused."
         ),
     )
     x_col: str = Field("x", min_length=1, description="Column of the data file holding x.")
     y_col: str = Field("y", min_length=1, description="Column of the data file holding y.")
     methods: list[Method] = Field(
-        default_factory=lambda: [Method.bgd, Method.sgd, Method.minibatch],
+        [Method.bgd, Method.sgd, Method.minibatch],  # a default, not a factory: the UI shows it
         min_length=1,
         description="Methods to train and compare.",
     )

@@ -180,7 +180,12 @@ COMPARED_AT_SCALE = [
     (Method.minibatch, 0.02, 100, False, "float64", 1),
     (Method.minibatch, 0.02, 70, True, "float32", 1),
     (Method.sgd, 0.01, 1, False, "float64", 1),
+    (Method.sgd, 0.01, 1, False, "float32", 1),
 ]
+# docs/performance.md's promise at 10^6 rows. In float32 the reference rounds each of its
+# sequential updates, and the roundings add up with their number: measured worst 6e-7 (BGD),
+# 3.5e-5 (mini-batch) and 1.6e-4 (SGD, 10 epochs; 5.8e-5 for the one epoch here).
+FLOAT32_AT_SCALE = {Method.bgd: 1e-5, Method.minibatch: 1e-4, Method.sgd: 1e-3}
 
 
 @pytest.mark.slow
@@ -191,7 +196,7 @@ def test_fast_engine_equals_reference_at_a_million_rows(
     method: Method, lr: float, batch_size: int, shuffle: bool, dtype: str, epochs: int
 ) -> None:
     x, y = line_data(1_000_000, dtype, seed=6)
-    rtol = 1e-9 if dtype == "float64" else 1e-5
+    rtol = 1e-9 if dtype == "float64" else FLOAT32_AT_SCALE[method]
     kw = {"batch_size": batch_size, "shuffle": shuffle, "shuffle_seed": 2, "dtype": dtype}
     fast = train(x, y, make_spec(method, lr, epochs, engine="fast", **kw))
     ref = train(x, y, make_spec(method, lr, epochs, engine="reference", **kw))

@@ -9,7 +9,7 @@ import pytest
 
 from tasks.errors import InputError
 from tasks.history import MethodResult
-from tasks.params import Method, RunParams
+from tasks.params import Method, RunParams, SweepParams
 from tasks.report.figure import build_figure, save_figure
 from tasks.report.tables import comparison_markdown, loss_table, results_rows
 from tasks.stats import moments
@@ -64,3 +64,22 @@ def test_a_diverging_run_on_wide_data_completes_and_says_so(tmp_path) -> None:
     cells = [v for row in loss_table(histories) for k, v in row.items() if k != "epoch"]
     assert all(v is None or np.isfinite(v) for v in cells)
     assert None in cells  # non-finite losses are left empty, not written as numbers
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"x_start": -1e39},
+        {"x_stop": 1e39},
+        {"slope": 1e39},
+        {"intercept": -1e39},
+        {"noise_std": 1e38},  # draws of 4 standard deviations reach 4e38
+        {"slope": 7e37},  # 3.5e38 at x = -5
+        {"slope": 4e37, "intercept": 2e38, "noise_std": 1e36},
+    ],
+    ids=["x-start", "x-stop", "slope", "intercept", "noise-std", "slope-times-x", "sum"],
+)
+def test_synthetic_data_beyond_float32_are_refused(options: dict[str, float]) -> None:
+    for model in (RunParams, SweepParams):
+        with pytest.raises(ValueError, match=r"leave float32's range .*; lower --x-start"):
+            model(**options)

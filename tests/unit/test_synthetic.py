@@ -12,6 +12,7 @@ import torch
 
 from tasks.data.dataset import SCHEMA, write_dataset
 from tasks.data.synthetic import CHUNK_ROWS, generate, generate_chunks, write_synthetic
+from tasks.params import FLOAT32_MAX, NOISE_BOUND
 from tasks.stats import moments
 from tasks.storage import file_metadata, is_intact, read_manifest, sha256_file
 from tests.specs import data_spec
@@ -106,15 +107,28 @@ def test_parameters_shape_the_data() -> None:
     assert m.mse(w, b) == pytest.approx(1.5**2, rel=0.02)
 
 
-@pytest.mark.parametrize(("slope", "intercept"), [(3e38, 0.0), (-5.0, 1e300), (1e300, -1e300)])
-def test_coefficients_near_float32s_limits_give_what_torch_gives(
-    slope: float, intercept: float
-) -> None:
-    x, y = generate(data_spec(slope=slope, intercept=intercept, seed=8))
+# Just inside the bound the parameters are accepted, and the data are finite, as torch's are.
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"slope": FLOAT32_MAX * (1 - 1e-6) / 5},
+        {"intercept": -FLOAT32_MAX * (1 - 1e-6)},
+        {"noise_std": FLOAT32_MAX * (1 - 1e-6) / NOISE_BOUND, "slope": 0.0},
+        {"x_start": -FLOAT32_MAX * (1 - 1e-6) / 5, "x_stop": 0.0},
+    ],
+    ids=["slope", "intercept", "noise-std", "x-start"],
+)
+def test_data_at_float32s_limits_are_finite_and_what_torch_gives(options: dict) -> None:
+    spec = data_spec(seed=8, **options)
+    with np.errstate(all="raise"):
+        x, y = generate(spec)
     noise = torch.randn(100, generator=torch.Generator().manual_seed(8))
-    expected = (torch.from_numpy(x) * torch.tensor(slope) + intercept) + 0.4 * noise
+    expected = (torch.from_numpy(x) * torch.tensor(spec.slope) + spec.intercept) + (
+        spec.noise_std * noise
+    )
     assert same_bits(y, expected.numpy())
-    assert not np.isfinite(y).all()
+    assert np.isfinite(x).all()
+    assert np.isfinite(y).all()
 
 
 def test_parquet_file_columns_metadata_and_manifest(tmp_path) -> None:

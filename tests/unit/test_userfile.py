@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from collections.abc import Callable
+from decimal import Decimal, localcontext
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ from tasks.data.userfile import (
     check_values,
     ingest,
     inspect_source,
+    open_filesystem,
     open_parquet,
     read_columns,
     stat_source,
@@ -69,6 +74,11 @@ def _nulls(path: Path) -> None:
     _with(y=pa.array(y, pa.float64()))(path)
 
 
+def _socket(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+
+
 def check_file(uri: str, x_col: str, y_col: str) -> None:
     """The checks a run makes before any work: the cheap look first, then every value."""
     inspect_source(uri, x_col, y_col)
@@ -99,6 +109,8 @@ FILE_CASES = [
     ),
     pytest.param(_nulls, "x", ["column 'y'", "null", "row 5"], id="nulls"),
     pytest.param(_duplicate_names, "x", ["2 columns named 'x'"], id="duplicate-names"),
+    pytest.param(os.mkfifo, "x", ["is not a regular file but a FIFO (named pipe)"], id="fifo"),
+    pytest.param(_socket, "x", ["is not a regular file but a socket"], id="socket"),
 ]
 
 
@@ -121,6 +133,37 @@ def test_unusable_files_are_refused_with_the_reason_in_one_line(
 def test_an_unknown_uri_scheme_is_refused() -> None:
     with pytest.raises(InputError, match=r"nosuch://bucket/x\.parquet.*URI"):
         stat_source("nosuch://bucket/x.parquet")
+
+
+def test_a_character_device_is_refused_as_such() -> None:
+    with pytest.raises(InputError, match="/dev/null is not a regular file but a character device"):
+        check_file("/dev/null", "x", "y")
+
+
+@pytest.mark.parametrize(
+    ("uri", "words"),
+    [
+        ("s3://gdflow-no-such-bucket/key.parquet", ["cannot read", "network"]),
+        ("hdfs://namenode:8020/data/x.parquet", ["cannot open", "Java and Hadoop"]),
+    ],
+    ids=["s3", "hdfs"],
+)
+def test_an_unreachable_store_is_refused_in_one_line_within_seconds(
+    uri: str, words: list[str]
+) -> None:
+    start = time.monotonic()
+    with pytest.raises(InputError) as refused:
+        check_file(uri, "x", "y")
+    assert time.monotonic() - start < 20
+    message = str(refused.value)
+    assert "\n" not in message
+    for word in [uri, *words]:
+        assert word in message
+
+
+def test_an_s3_uri_keeps_its_options() -> None:
+    fs, path = open_filesystem("s3://key:secret@bucket/dir/x.parquet?region=eu-west-1&scheme=http")
+    assert (fs.region, path) == ("eu-west-1", "bucket/dir/x.parquet")
 
 
 def test_columns_are_read_in_bounded_chunks(tmp_path) -> None:
@@ -202,3 +245,97 @@ def test_bad_values_leave_no_copy_behind(tmp_path) -> None:
     with pytest.raises(InputError, match=r"\(nan\) at row 150"):
         ingest(stat_source(str(source)), "a", "b", copies / "copy.parquet")
     assert list(copies.iterdir()) == []
+
+
+def nearest_float32(value: Fraction) -> np.float32:
+    """The float32 nearest to `value`, ties to even, found by exact arithmetic."""
+    guess = np.float32(float(value))  # rounded twice, so possibly one step off
+    with np.errstate(over="ignore"):  # a neighbour of the largest float32 is infinite
+        steps = [np.nextafter(guess, np.float32(side)) for side in (-np.inf, np.inf)] + [guess]
+    candidates = [c for c in steps if np.isfinite(c)]
+    return min(candidates, key=lambda c: (abs(Fraction(float(c)) - value), c.view(np.uint32) & 1))
+
+
+def float32_midpoints(count: int, exponents: tuple[int, int], seed: int) -> list[Fraction]:
+    """Exact midpoints between neighbouring float32 values of magnitude 2^lo to 2^hi, both signs."""
+    rng = np.random.default_rng(seed)
+    scale = np.exp2(rng.integers(*exponents, count, endpoint=True).astype(np.float64))
+    lower = (rng.uniform(1.0, 2.0, count) * scale).astype(np.float32)
+    upper = np.nextafter(lower, np.float32(np.inf))
+    signs = rng.choice([-1, 1], count)
+    return [
+        s * (Fraction(float(a)) + Fraction(float(b))) / 2
+        for s, a, b in zip(signs, lower, upper, strict=True)
+    ]
+
+
+def _integers(kind: pa.DataType) -> list[int]:
+    info = np.iinfo(kind.to_pandas_dtype())
+    rng = np.random.default_rng(info.bits)
+    values = [
+        int(v)
+        for v in rng.integers(
+            info.min, info.max, 2000, endpoint=True, dtype=np.int64 if info.min else np.uint64
+        )
+    ]
+    if info.bits > 24:  # exact ties and their neighbours: from 2^24 on, midpoints are integers
+        for mid in float32_midpoints(1000, (24, info.bits - 1), seed=info.bits):
+            values += [int(mid) + step for step in (-1, 0, 1)]
+    return [v for v in values if info.min <= v <= info.max] + [int(info.min), int(info.max)]
+
+
+def _floats64() -> list[float]:
+    mids = [float(m) for m in float32_midpoints(3000, (-149, 126), seed=64)]  # exact in float64
+    near = [float(np.nextafter(m, side)) for m in mids for side in (-np.inf, np.inf)]
+    return mids + near + [1e-46, 7.1e-46, -3.4028235e38, 0.1, 1.5]
+
+
+def _decimals(scale: int, exponents: tuple[int, int]) -> list[Decimal]:
+    unit = Decimal(1).scaleb(-scale)
+    values = [Decimal("1.5"), Decimal("-0.1"), Decimal("3.3333333333333333")]
+    with localcontext() as exact:
+        exact.prec = 200
+        for mid in float32_midpoints(1500, exponents, seed=scale):
+            tie = Decimal(mid.numerator) / Decimal(mid.denominator)
+            assert tie == tie.quantize(unit)  # a tie written exactly at this scale
+            values += [tie - unit, tie, tie + unit]
+    return values
+
+
+NUMERIC_CASES = {
+    **{
+        str(kind): lambda kind=kind: pa.array(_integers(kind), kind)
+        for kind in (
+            pa.int8(),
+            pa.int16(),
+            pa.int32(),
+            pa.int64(),
+            pa.uint8(),
+            pa.uint16(),
+            pa.uint32(),
+            pa.uint64(),
+        )
+    },
+    "halffloat": lambda: pa.array(
+        np.random.default_rng(16).standard_normal(5000).astype(np.float16) * np.float16(1000)
+    ),
+    "float": lambda: pa.array(
+        (np.random.default_rng(32).standard_normal(5000) * 1e30).astype(np.float32)
+    ),
+    "double": lambda: pa.array(_floats64()),
+    "decimal128(38, 30)": lambda: pa.array(_decimals(30, (-6, 25)), pa.decimal128(38, 30)),
+    "decimal256(76, 38)": lambda: pa.array(_decimals(38, (-14, 125)), pa.decimal256(76, 38)),
+}
+
+
+@pytest.mark.parametrize("kind", NUMERIC_CASES)
+def test_every_numeric_type_is_read_as_its_nearest_float32(tmp_path: Path, kind: str) -> None:
+    values = NUMERIC_CASES[kind]()
+    path = tmp_path / "exact.parquet"
+    pq.write_table(pa.table({"x": values, "y": values}), path, row_group_size=2000)
+    opened, types = open_parquet(str(path), "x", "y")
+    assert types == {"x": kind, "y": kind}  # the file holds the type under test
+    got = np.concatenate([x for x, _ in read_columns(opened, str(path), "x", "y", chunk_rows=999)])
+    want = np.array([nearest_float32(Fraction(v)) for v in values.to_pylist()], np.float32)
+    wrong = np.flatnonzero(got.view(np.uint32) != want.view(np.uint32))
+    assert wrong.size == 0, [(values[int(i)].as_py(), got[i], want[i]) for i in wrong[:5]]
