@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,13 +93,25 @@ def collect(data_dir: Path) -> list[Entry]:
     ]
 
 
-def remove(entry: Entry) -> None:
+def delete(entry: Entry) -> None:
     """Delete an entry's files, the data file before its manifest (never an intact-looking half)."""
     for path in entry.paths:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
+
+
+def select(root: Path, min_age: float, remove: bool = False) -> tuple[list[Entry], dict[str, Area]]:
+    """The entries under `root` last written at least `min_age` seconds ago (removed if
+    `remove`), and their areas."""
+    if root.exists() and not root.is_dir():
+        raise InputError(f"--data-dir {root} is a file; give gdflow's data directory")
+    now = time.time()
+    chosen = [e for e in collect(root) if now - e.mtime >= min_age]
+    for entry in chosen if remove else []:
+        delete(entry)
+    return chosen, summarize(chosen, now)
 
 
 def summarize(entries: list[Entry], now: float) -> dict[str, Area]:

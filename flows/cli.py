@@ -1,4 +1,4 @@
-"""The `gdflow` command line: run, sweep, serve, server and cache.
+"""The `gdflow` command line: run, sweep, serve, server, cache, runs and compare.
 
 The options of `run`, `sweep` and `serve` are the fields of RunParams and SweepParams, named and
 documented by cyclopts from the models; a command validates only the options given, so a preset
@@ -14,16 +14,16 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any
 
-from cyclopts import App, CycloptsError, Parameter, UnusedCliTokensError
+from cyclopts import App, CycloptsError, Parameter
 from pydantic import PlainValidator
 
 from flows import terminal
-from flows.cache_listing import collect, parse_age, remove, summarize
+from flows.cache_listing import parse_age, select
 from flows.preflight import (
     INTERRUPTED,
     check_run,
@@ -188,19 +188,26 @@ def serve(
     *,
     given: RunOptions | None = None,
     cron: Annotated[
-        str | None, Parameter(help="Cron schedule in UTC, e.g. '0 2 * * *' (02:00 nightly).")
+        list[str] | None,
+        Parameter(help="Cron schedule in UTC, e.g. '0 2 * * *' (02:00 nightly); repeatable."),
     ] = None,
-    interval: Annotated[float | None, Parameter(help="Run every this many seconds.")] = None,
+    interval: Annotated[
+        list[float] | None, Parameter(help="Run every this many seconds; repeatable.")
+    ] = None,
     name: Annotated[str, Parameter(help="Name of the deployment.")] = "gdflow-serve",
+    pause_on_shutdown: Annotated[
+        bool,
+        Parameter(help="Pause the schedules when serving stops (else the server keeps them)."),
+    ] = True,
 ) -> int:
-    """Serve the comparison on a schedule from this machine (needs a running server).
+    """Serve the comparison on one or more schedules from this machine (needs a running server).
 
     The deployment holds only the options given; the preset and defaults fill in the rest.
     """
     params = params_from_options(RunParams, given, "serve")
     from flows.serving import serve_comparison
 
-    serve_comparison(params, given or {}, name=name, cron=cron, interval=interval)
+    serve_comparison(params, given or {}, name, cron or (), interval or (), pause_on_shutdown)
     return 0
 
 
@@ -231,14 +238,7 @@ def cache(
     """Show what the cache holds (entries, size, age per area); --clear removes entries."""
     min_age = parse_age(older_than) if older_than is not None else 0.0
     root = resolve_data_dir(data_dir)
-    if root.exists() and not root.is_dir():
-        raise InputError(f"--data-dir {root} is a file; give gdflow's data directory")
-    now = time.time()
-    chosen = [e for e in collect(root) if now - e.mtime >= min_age]
-    if clear:
-        for entry in chosen:
-            remove(entry)
-    areas = summarize(chosen, now)
+    chosen, areas = select(root, min_age, remove=clear)
     if as_json:
         listed = {name: dataclasses.asdict(a) for name, a in areas.items()}
         print(json.dumps({"data_dir": str(root), "removed" if clear else "entries": listed}))
@@ -253,15 +253,51 @@ def cache(
     return 0
 
 
-def describe_usage_error(exc: CycloptsError) -> str:
-    """One line for a command line cyclopts could not parse, pointing to the command's help."""
-    if isinstance(exc, UnusedCliTokensError) and exc.unused_tokens:
-        tokens = " ".join(exc.unused_tokens)
-        message = f"unexpected {tokens!r}: an option takes one value (lists: a,b,c), a flag none"
-    else:
-        message = " ".join(str(exc).split()).rstrip(".")
-    command = " ".join(["gdflow", *(exc.command_chain or [])])
-    return f"{message[:1].lower()}{message[1:]}; see `{command} --help`"
+@app.command
+def runs(
+    *,
+    limit: Annotated[int, Parameter(metavar="N", help="How many runs, newest first.")] = 20,
+    preset: Annotated[str | None, Parameter(help="Only the runs of this preset.")] = None,
+    deployment: Annotated[
+        str | None, Parameter(metavar="NAME", help="Only the runs of this deployment.")
+    ] = None,
+    as_json: JsonFlag = False,
+    parquet: Annotated[
+        str | None,
+        Parameter(metavar="PATH", help="Also write one row per run and method to this file."),
+    ] = None,
+) -> int:
+    """List the recent comparison runs on the server with their results."""
+    from flows import trend
+    from flows.serving import require_server
+
+    require_server("runs")
+    records = trend.recent_runs(limit, preset, deployment)
+    rows = trend.write_rows(Path(parquet), records) if parquet else 0
+    if as_json:
+        print(json.dumps({"runs": [r.model_dump(mode="json") for r in records]}))
+        return 0
+    terminal.print_runs(records)
+    if parquet:
+        print(f"Wrote {rows} rows ({terminal.runs(len(records))}) to {parquet}")
+    return 0
+
+
+@app.command
+def compare(
+    first: Annotated[str, Parameter(help="A run: its id, the start of its id, or its name.")],
+    second: Annotated[str, Parameter(help="The other run.")],
+    /,
+) -> int:
+    """Print two recorded runs side by side: the parameters that differ, results per method."""
+    from flows import trend
+    from flows.serving import require_server
+
+    require_server("compare")
+
+    a, b = trend.find_run(first), trend.find_run(second)
+    terminal.print_comparison(a, b, trend.differing_params(a, b))
+    return 0
 
 
 def run_command(tokens: list[str]) -> int:
@@ -269,7 +305,7 @@ def run_command(tokens: list[str]) -> int:
     try:
         code = app(tokens, exit_on_error=False, print_error=False)
     except CycloptsError as exc:
-        return _error(describe_usage_error(exc), EXIT_BAD_INPUT)
+        return _error(terminal.describe_usage_error(exc), EXIT_BAD_INPUT)
     except GdflowError as exc:
         return _error(str(exc), exc.exit_code)
     except KeyboardInterrupt:

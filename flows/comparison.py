@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
 
-from tasks.cache import in_data_dir
+from flows.trend import publish_run_trend
 from tasks.data.dataset import DatasetRef
 from tasks.data.userfile import stat_source
 from tasks.params import RunParams
 from tasks.paths import resolve_data_dir
-from tasks.steps import RunReport, generate_dataset, load_user_data, publish_report, train_method
+from tasks.policies import in_data_dir, time_limit
+from tasks.steps import (
+    RunReport,
+    generate_dataset,
+    load_user_data,
+    publish_report,
+    train_method,
+)
 
 
 class RunResult(RunReport):
@@ -63,20 +71,28 @@ def prepare_data(params: RunParams, data_dir: Path) -> DatasetRef:
     return dataset
 
 
+# No time limit of its own: a fixed one cannot fit every run's size; each task has a limit sized
+# from its work, and the flow run ends when they do. No retries: a failed run is looked at.
 @flow(name="gd-comparison", flow_run_name=_run_name, persist_result=False)
 def gd_comparison(params: RunParams | None = None) -> RunResult:
     """Compare batch, stochastic and mini-batch gradient descent on one data set."""
     params = params or RunParams()
+    if params.seed_from_date:
+        night = flow_run.scheduled_start_time.astimezone(UTC)
+        params = params.model_copy(update={"seed": int(night.strftime("%Y%m%d"))})
     data_dir = resolve_data_dir(params.data_dir)
     _tag_run(params)
 
     # 1. the data: generated, or the user's file copied in
     dataset = prepare_data(params, data_dir)
     # 2. one training per method, concurrently
-    train = in_data_dir(train_method, data_dir, params.refresh)
+    limit = time_limit(dataset.file.rows, params.epochs, params.engine)  # the run's own size
+    train = in_data_dir(train_method, data_dir, params.refresh).with_options(timeout_seconds=limit)
     specs = [params.method_spec(method, dataset.file.rows) for method in params.methods]
     runs = [train.submit(dataset, spec, str(data_dir)) for spec in specs]
     results = [run.result() for run in runs]
     # 3. the figure, tables and artifacts
     report = publish_report(dataset, results, params, str(data_dir))
+    # 4. this run's results on the server, and the trend of the last runs like it
+    publish_run_trend(dataset, report, params)
     return RunResult(**report.model_dump(), flow_run_name=flow_run.name, data_dir=str(data_dir))

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from flows.comparison import gd_comparison
 from tasks.errors import BrokenEnvironment, InputError
-from tasks.params import RunParams
+from tasks.params import PRESETS, RunParams
 from tasks.paths import resolve_data_dir
 
 WORK_POOL = "gdflow"  # the process work pool of prefect.yaml's deployments
@@ -64,46 +64,71 @@ def describe_target() -> str:
     return f"the Prefect server at {api}"
 
 
-def _schedule(cron: str | None, interval: float | None) -> CronSchedule | IntervalSchedule:
-    if (cron is None) == (interval is None):
-        raise InputError("give exactly one of --cron or --interval, e.g. --cron '0 2 * * *'")
-    if interval is not None:
-        if not interval > 0:
+def require_server(command: str) -> None:
+    """Refuse `gdflow COMMAND`, which needs a lasting server, when none is set or it is down."""
+    if not get_current_settings().api.url:
+        raise InputError(
+            f"`gdflow {command}` needs a running Prefect server and PREFECT_API_URL is not set; "
+            "start one with `gdflow server`, then set PREFECT_API_URL to the address it prints"
+        )
+    describe_target()  # refuses a server that does not answer
+
+
+def _schedules(
+    crons: Iterable[str], intervals: Iterable[float]
+) -> list[CronSchedule | IntervalSchedule]:
+    """The schedules of `gdflow serve`: one per --cron and per --interval, all in UTC."""
+    schedules: list[CronSchedule | IntervalSchedule] = []
+    for interval in intervals:
+        try:
+            every = timedelta(seconds=interval) if interval > 0 else None
+        except OverflowError:  # infinite, or beyond what a timedelta holds
+            every = None
+        if every is None:
             raise InputError(
                 f"invalid --interval: must be a positive number of seconds (got {interval}); "
                 "e.g. --interval 3600"
             )
-        return IntervalSchedule(interval=timedelta(seconds=interval))
-    try:
-        return CronSchedule(cron=cron, timezone="UTC")
-    except ValidationError as exc:
-        reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
-        raise InputError(f"invalid --cron {cron!r}: {reason}; e.g. '0 2 * * *'") from None
+        schedules.append(IntervalSchedule(interval=every, timezone="UTC"))
+    for cron in crons:
+        try:
+            schedules.append(CronSchedule(cron=cron, timezone="UTC"))
+        except ValidationError as exc:
+            reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise InputError(f"invalid --cron {cron!r}: {reason}; e.g. '0 2 * * *'") from None
+    if not schedules:
+        raise InputError(
+            "give a schedule: --cron '0 2 * * *' or --interval 3600 (each may be repeated)"
+        )
+    return schedules
 
 
 def deployment_parameters(params: RunParams, given: Iterable[str]) -> dict[str, Any]:
-    """The flow's parameters for a deployment: the fields given, paths made absolute. Fields
-    left out stay out, so the preset (and later defaults) fill them in at run time."""
-    values = params.model_dump(mode="json", include=set(given))
+    """The flow's parameters for a deployment: the fields given and those its preset sets, paths
+    made absolute. The UI's run form shows these values; for the fields left out it shows (and
+    submits) the defaults, which is why every field a preset sets is spelled out."""
+    values = params.model_dump(mode="json", include={*given, *PRESETS[params.preset]})
     if params.data_dir is not None:
         values["data_dir"] = str(resolve_data_dir(params.data_dir))
     return {"params": values}
 
 
 def serve_comparison(
-    params: RunParams, given: Iterable[str], name: str, cron: str | None, interval: float | None
+    params: RunParams,
+    given: Iterable[str],
+    name: str,
+    crons: Iterable[str] = (),
+    intervals: Iterable[float] = (),
+    pause_on_shutdown: bool = True,
 ) -> None:
-    """Serve the comparison with the `given` fields of `params` on a schedule until interrupted."""
-    schedule = _schedule(cron, interval)
-    if not get_current_settings().api.url:
-        raise InputError(
-            "`gdflow serve` needs a running Prefect server: start one with `gdflow server`, "
-            "then set PREFECT_API_URL to the API address it prints"
-        )
-    describe_target()  # refuses a server that does not answer
+    """Serve the comparison with the `given` fields of `params` on its schedules until
+    interrupted; then pause them, unless not `pause_on_shutdown`."""
+    schedules = _schedules(crons, intervals)
+    require_server("serve")
     gd_comparison.serve(
         name=name,
-        schedules=[schedule],
+        schedules=schedules,
+        pause_on_shutdown=pause_on_shutdown,
         parameters=deployment_parameters(params, given),
         tags=["gdflow", "served"],
         description="The gd-comparison flow, served by `gdflow serve`.",

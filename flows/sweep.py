@@ -13,10 +13,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tasks.cache import in_data_dir
 from tasks.errors import InputError
 from tasks.params import SweepParams
 from tasks.paths import resolve_data_dir
+from tasks.policies import in_data_dir, time_limit
 from tasks.steps import SweepReport, generate_dataset, publish_sweep, train_method
 
 _ADDRESS = re.compile(r"^(tcp|tls)://[^\s/:]+:\d+$")
@@ -37,6 +37,7 @@ def _run_name() -> str:
     return f"sweep-n{params.n_samples}-e{params.epochs}-{shape}-{flow_run.id[:6]}"
 
 
+# As gd_comparison: no time limit of its own (its tasks' are sized from their work), no retries.
 @flow(name="gd-sweep", flow_run_name=_run_name, persist_result=False)
 def gd_sweep(params: SweepParams | None = None) -> SweepResult:
     """Train every step size x batch size x seed and publish where each converges."""
@@ -51,7 +52,8 @@ def gd_sweep(params: SweepParams | None = None) -> SweepResult:
     datasets = {seed: run.result() for seed, run in pending.items()}
     # 2. one training per cell
     cells = params.cells()
-    train = in_data_dir(train_method, data_dir, params.refresh)
+    limit = time_limit(params.n_samples, params.epochs, params.engine)  # the sweep's own size
+    train = in_data_dir(train_method, data_dir, params.refresh).with_options(timeout_seconds=limit)
     runs = [
         train.with_options(task_run_name=f"train-{cell.label}").submit(
             datasets[cell.seed], params.method_spec(cell.lr, cell.batch_size), str(data_dir)
@@ -62,7 +64,8 @@ def gd_sweep(params: SweepParams | None = None) -> SweepResult:
     reused = sum(run.state.name == "Cached" for run in runs)
     get_run_logger().info("%d runs, %d of them from the cache", len(cells), reused)
     # 3. the heat map, tables and artifacts
-    report = publish_sweep(cells, results, datasets, params, str(data_dir))
+    publish = publish_sweep.with_options(timeout_seconds=time_limit(len(cells), params.epochs + 1))
+    report = publish(cells, results, datasets, params, str(data_dir))
     return SweepResult(
         **report.model_dump(), flow_run_name=flow_run.name, cached=reused, data_dir=str(data_dir)
     )

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cyclopts import CycloptsError, UnusedCliTokensError
 from rich import box
 from rich.console import Console
 from rich.progress import (
@@ -167,3 +168,86 @@ def progress_bars(shown: bool) -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         handler.close()
+
+
+def _value(value: Any) -> str:
+    """A parameter or result on the terminal: 4 significant digits, lists comma-separated."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _final_loss(result: dict[str, Any] | None) -> Text | str:
+    if result is None:
+        return ""
+    loss = "overflow" if result["final_loss"] is None else f"{result['final_loss']:.4g}"
+    return Text(loss, "red") if result["diverged"] else loss
+
+
+def print_runs(records: list[Any]) -> None:
+    """Recorded runs, newest first: when, which, and each method's final loss (red: diverged)."""
+    methods = list(dict.fromkeys(m for r in records for m in r.methods))
+    title = "Recorded runs, newest first, and the final loss of each method"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("time (UTC)", "run", "id", "deployment"):
+        table.add_column(column, no_wrap=True)
+    for method in methods:
+        table.add_column(method, justify="right", no_wrap=True)
+    for r in records:
+        losses = (_final_loss(r.methods.get(m)) for m in methods)
+        table.add_row(f"{r.time:%Y-%m-%d %H:%M}", r.name, r.id[:8], r.deployment or "", *losses)
+    stdout().print(table)
+
+
+RESULT_ROWS = (
+    ("lr", "step size"),
+    ("final_loss", "final loss"),
+    ("excess_loss", "excess over least sq."),
+    ("w", "w"),
+    ("b", "b"),
+    ("diverged", "diverged"),
+    ("updates", "updates"),
+    ("wall_time_s", "time (s)"),
+)
+
+
+def print_comparison(a: Any, b: Any, differing: list[str]) -> None:
+    """Two recorded runs side by side: which runs, the parameters that differ, the results."""
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("", a.name, b.name):
+        table.add_column(column, no_wrap=True)
+    table.add_row("id", a.id, b.id)
+    table.add_row("time (UTC)", f"{a.time:%Y-%m-%d %H:%M:%S}", f"{b.time:%Y-%m-%d %H:%M:%S}")
+    table.add_row("deployment", a.deployment or "", b.deployment or "")
+    table.add_row("params digest", a.params_digest, b.params_digest, end_section=True)
+    for name in differing:
+        table.add_row(name, _value(a.params.get(name)), _value(b.params.get(name)), style="bold")
+    out = stdout()
+    out.print(table)
+    out.print(f"Parameters that differ: {', '.join(differing) or 'none'}")
+    results = Table(box=box.SIMPLE_HEAD)
+    for column in ("method", "", a.name, b.name):
+        results.add_column(column, justify="left" if column in ("method", "") else "right")
+    for method in dict.fromkeys([*a.methods, *b.methods]):
+        one, two = a.methods.get(method, {}), b.methods.get(method, {})
+        for key, label in RESULT_ROWS:
+            results.add_row(method, label, _value(one.get(key)), _value(two.get(key)))
+        results.add_section()
+    out.print(results)
+
+
+def describe_usage_error(exc: CycloptsError) -> str:
+    """One line for a command line cyclopts could not parse, pointing to the command's help."""
+    if isinstance(exc, UnusedCliTokensError) and exc.unused_tokens:
+        tokens = " ".join(exc.unused_tokens)
+        message = f"unexpected {tokens!r}: an option takes one value (lists: a,b,c), a flag none"
+    else:
+        message = " ".join(str(exc).split()).rstrip(".")
+    command = " ".join(["gdflow", *(exc.command_chain or [])])
+    return f"{message[:1].lower()}{message[1:]}; see `{command} --help`"

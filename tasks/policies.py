@@ -1,4 +1,5 @@
-"""The cache policy of gdflow's file-writing tasks, and the OS file locks it runs under.
+"""How gdflow's tasks run: the cache policy of the file-writing tasks (and the OS file locks it
+runs under), retries, and time limits sized from the work.
 
 Prefect serves a cached result from its own record and never looks at the files a task wrote:
 a deleted or altered Parquet file would be trusted. IntactOutput keys a task on its inputs and
@@ -7,7 +8,9 @@ the code version, and gives no key (so no cache hit) while the task's output fil
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 import tempfile
 import threading
@@ -21,11 +24,16 @@ from typing import Any
 import anyio.to_thread
 from prefect import get_run_logger
 from prefect.cache_policies import CachePolicy
+from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
 from prefect.locking.protocol import LockManager
+from prefect.states import State
+from prefect.task_engine import TaskRunTimeoutError
+from prefect.tasks import Task, exponential_backoff
 from prefect.transactions import IsolationLevel
 
 from tasks.digest import code_version, stable_digest
+from tasks.errors import GdflowError
 from tasks.paths import cache_dir
 from tasks.storage import find_damage
 
@@ -177,3 +185,64 @@ def intact_output(output: Callable[..., Path]) -> IntactOutput:
     return IntactOutput(output=output).configure(
         lock_manager=FlockLockManager(), isolation_level=IsolationLevel.SERIALIZABLE
     )
+
+
+# Time limits: a floor for what any task may wait for (imports, compiling the kernels once,
+# about 20 s; a busy machine) plus its work, rows x passes over them, at a rate 10 to 20 times
+# slower than measured here: the fast engine streams 10^8 rows from disk at about 0.1 us a row,
+# generating the data takes 56 ns a row, and the reference engine's per-point loop 15 us (about
+# 3x that on a GPU). A limit stops a task that hangs, never a large run.
+TIMEOUT_FLOOR_S = 600.0
+SECONDS_PER_ROW_PASS = {"fast": 1e-6, "reference": 2e-4}
+
+
+_TRANSIENT_ERRNOS = {
+    errno.ETIMEDOUT,
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ECONNABORTED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EAGAIN,
+    errno.EIO,
+    errno.ESTALE,
+}
+
+
+class _NoThreadTimeoutNotice(logging.Filter):
+    """Drops Prefect's warning, logged for every task run with a timeout on a worker thread, that
+    the timeout takes effect only when the task runs Python code again: gdflow's trainings do, at
+    every progress tick, so the warning would be a line of noise per training."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "but the task is running in a worker thread" not in str(record.msg)
+
+
+# Installed where the tasks are defined, so that worker processes (Dask) drop it too.
+logging.getLogger("prefect.task_runs").addFilter(_NoThreadTimeoutNotice())
+
+
+def time_limit(rows: int, passes: int = 1, engine: str = "fast") -> float:
+    """A task's timeout_seconds, sized from its work: `passes` over `rows` rows."""
+    return TIMEOUT_FLOOR_S + rows * passes * SECONDS_PER_ROW_PASS[engine]
+
+
+def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Whether a failed task run may succeed when tried again: it failed on I/O (a remote file,
+    a network filesystem), not on bad input, a corrupt file or running out its time limit."""
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, (GdflowError, TaskRunTimeoutError)) or not isinstance(exc, OSError):
+        return False
+    # pyarrow's remote I/O errors carry no errno; a full disk or a missing permission does
+    return exc.errno is None or exc.errno in _TRANSIENT_ERRNOS
+
+
+# Retries for the tasks whose file I/O can fail for a moment: a few, further and further apart.
+# Each request to the Prefect server is retried by Prefect's client (PREFECT_CLIENT_MAX_RETRIES);
+# a task retry cannot help while the server is away, since the retry is a state it must accept.
+RETRY_IO = dict(
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),  # 5, 10, 20 s
+    retry_jitter_factor=0.5,
+    retry_condition_fn=is_transient,
+)

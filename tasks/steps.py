@@ -22,15 +22,17 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from prefect.runtime import flow_run, task_run
 from pydantic import BaseModel
 
 from tasks import paths
-from tasks.cache import intact_output
 from tasks.data.dataset import DatasetRef, load_columns, stream_columns
 from tasks.data.userfile import SourceFile, ingest
 from tasks.digest import code_version, stable_digest
 from tasks.history import MethodResult, read_history, write_history
-from tasks.params import Cell, DataSpec, MethodSpec, RunParams, SweepParams
+from tasks.params import MAX_SAMPLES, Cell, DataSpec, MethodSpec, RunParams, SweepParams
+from tasks.policies import RETRY_IO, intact_output, time_limit
 from tasks.storage import FileRecord, read_manifest, write_bytes_atomic, write_parquet
 
 # A training reports its progress once it has worked this long: a short one's log is its result.
@@ -38,6 +40,8 @@ SHOW_PROGRESS_AFTER_S = 2.0
 # Its progress log records carry the figures in this attribute, for the command line's
 # progress bars (flows.terminal).
 PROGRESS_FIELD = "gdflow_progress"
+# The event a training that diverged emits, for automations (docs/operations.md).
+DIVERGED_EVENT = "gdflow.method.diverged"
 
 
 class DatasetInfo(BaseModel):
@@ -84,10 +88,13 @@ def _history_file(dataset: DatasetRef, spec: MethodSpec, data_dir: str) -> Path:
     return paths.history_path(Path(data_dir), dataset, spec)
 
 
+# Deterministic work: no retries (a second try fails the same way). Sized for the largest
+# data set the parameters allow, which takes about 10 min here.
 @task(
     cache_policy=intact_output(_dataset_file),
     persist_result=True,
     task_run_name="generate-n{spec.n_samples}-seed{spec.seed}",
+    timeout_seconds=time_limit(MAX_SAMPLES),
 )
 def generate_dataset(spec: DataSpec, data_dir: str) -> DatasetRef:
     """Generate the synthetic data set and store it as Parquet."""
@@ -101,7 +108,15 @@ def generate_dataset(spec: DataSpec, data_dir: str) -> DatasetRef:
     return ref
 
 
-@task(cache_policy=intact_output(_user_copy), persist_result=True, task_run_name="load-data")
+# Reads a file that may be remote, twice (its hash, then the copy); sized for the largest data
+# set the parameters allow.
+@task(
+    cache_policy=intact_output(_user_copy),
+    persist_result=True,
+    task_run_name="load-data",
+    timeout_seconds=time_limit(MAX_SAMPLES, passes=2),
+    **RETRY_IO,
+)
 def load_user_data(source: SourceFile, x_col: str, y_col: str, data_dir: str) -> DatasetRef:
     """Check the user's Parquet file and store its x and y columns as the run's data set."""
     ref = ingest(source, x_col, y_col, _user_copy(source, x_col, y_col, data_dir))
@@ -138,6 +153,8 @@ class ProgressReport:
         self.logger.info(line, name, epoch, epochs, percent, loss, extra={PROGRESS_FIELD: bar})
 
 
+# Deterministic work: no retries. Its work, rows x epochs, has no useful fixed bound
+# (10^10 x 10^6): the flows set its time limit from each run's parameters (time_limit).
 @task(
     cache_policy=intact_output(_history_file),
     persist_result=True,
@@ -162,6 +179,22 @@ def train_method(dataset: DatasetRef, spec: MethodSpec, data_dir: str) -> Method
     result = MethodResult.from_history(history, target)
     if result.diverged:
         logger.warning("%s diverged: %s", result.method, result.reason)
+        emit_event(
+            DIVERGED_EVENT,
+            resource={"prefect.resource.id": f"prefect.flow-run.{flow_run.id}"},
+            related=[
+                {
+                    "prefect.resource.id": f"prefect.task-run.{task_run.id}",
+                    "prefect.resource.role": "task-run",
+                }
+            ],
+            payload={
+                "method": result.method,
+                "lr": result.lr,
+                "stability_bound": result.stability_bound,
+                "reason": result.reason,
+            },
+        )
     logger.info(
         "%s: final loss %.6g, w = %.6g, b = %.6g after %s updates in %.3f s",
         result.method,
@@ -192,7 +225,14 @@ def _figure_is_current(files: paths.ReportFiles, inputs: str) -> bool:
         return False
 
 
-@task(cache_policy=NO_CACHE, task_run_name="publish-report")
+# Reads the histories and writes the figure (retried on I/O errors). Its work is bounded, at
+# most 3 x MAX_EPOCHS history rows: seconds to a minute, and a loss table for the server.
+@task(
+    cache_policy=NO_CACHE,
+    task_run_name="publish-report",
+    timeout_seconds=1800,
+    **RETRY_IO,
+)
 def publish_report(
     dataset: DatasetRef, results: list[MethodResult], params: RunParams, data_dir: str
 ) -> RunReport:
@@ -247,7 +287,8 @@ def publish_report(
     )
 
 
-@task(cache_policy=NO_CACHE, task_run_name="publish-sweep")
+# As publish_report; its work, cells x epochs, has no fixed bound: gd_sweep sets its time limit.
+@task(cache_policy=NO_CACHE, task_run_name="publish-sweep", **RETRY_IO)
 def publish_sweep(
     cells: list[Cell],
     results: list[MethodResult],
@@ -256,7 +297,7 @@ def publish_sweep(
     data_dir: str,
 ) -> SweepReport:
     """Draw the sweep figure, publish it with a table of every run, store all histories."""
-    from tasks.report import figure, sweep_figure, sweep_tables  # matplotlib: a sweep draws
+    from tasks.report import figure, sweep_figure, sweep_tables, tables  # matplotlib: it draws
 
     files = paths.report_files(Path(data_dir), params)
     histories = [read_history(_manifest(result)) for result in results]
@@ -282,7 +323,9 @@ def publish_sweep(
         ),
         description="Step size x batch size sweep: figure and best step size per batch size",
     )
-    create_table_artifact(key=sweep_tables.CELLS_KEY, table=rows, description="Every run")
+    create_table_artifact(
+        key=sweep_tables.CELLS_KEY, table=tables.table_artifact(rows), description="Every run"
+    )
     get_run_logger().info("Sweep figure: %s; all histories: %s", files.png, record.path)
     return SweepReport(
         datasets={str(seed): d.file.path for seed, d in datasets.items()},
@@ -292,4 +335,16 @@ def publish_sweep(
         figure=str(files.png),
         figure_svg=str(files.svg),
         histories=record.path,
+    )
+
+
+@task(cache_policy=NO_CACHE, task_run_name="publish-trend")
+def publish_trend(key: str, subject: str, rows: list[dict[str, Any]]) -> None:
+    """Publish the trend of the last runs: each method's final loss plotted, and their table."""
+    from tasks.report import trend  # matplotlib: only when a trend is drawn
+
+    create_markdown_artifact(
+        key=key,
+        markdown=trend.trend_markdown(subject, rows),
+        description=f"Final loss per method over the last runs of {subject}",
     )

@@ -117,13 +117,13 @@ def find_damage(target: Path, content: bool = True) -> str | None:
     if not S_ISREG(found.st_mode):
         return "is not a regular file"
     record = read_manifest(target)
-    if record is None or record.path != str(target):
+    if record is None:
         return "has no valid manifest"
     if (found.st_size, found.st_mtime_ns) != (record.size, record.mtime_ns):
         return "changed since it was written (size or time differs)"
     if content:
         try:
-            verify(record)
+            verify(record.model_copy(update={"path": str(target)}))  # a copied data directory
         except CorruptFileError:
             return "changed since it was written (content hash differs)"
         except OSError as exc:

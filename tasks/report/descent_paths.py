@@ -14,18 +14,20 @@ from tasks.report.style import (
     BELOW,
     NOTE,
     PANEL_TITLE,
+    TEXT,
     Limits,
     drawable,
     markevery,
     method_colour,
     padded,
     plain_log_labels,
+    text_sizes,
 )
 from tasks.stats import Moments
 
 GRID = 220  # contour grid points per axis
-_START = {"marker": "o", "ms": 10, "mfc": "white", "mec": "black", "mew": 1.6}
-_BEST = {"marker": "*", "ms": 18, "color": "gold", "mec": "black", "mew": 1.0}  # least squares
+_START = {"marker": "o", "ms": 6, "mfc": "white", "mec": "black", "mew": 1.2}
+_BEST = {"marker": "*", "ms": 11, "color": "gold", "mec": "black", "mew": 0.8}  # least squares
 
 
 def _box(histories: Sequence[History], start: Limits, best: Limits) -> tuple[Limits, Limits]:
@@ -51,7 +53,7 @@ def _mark_exit(ax: Axes, pts: np.ndarray, keep: int, colour: str, wl: Limits, bl
         edge, text = last + t * d, "diverged → off the chart"
     else:
         edge, text = last, "diverged: overflow to inf/nan"
-    arrow = {"arrowstyle": "-|>", "color": colour, "lw": 1.8, "mutation_scale": 18}
+    arrow = {"arrowstyle": "-|>", "color": colour, "lw": 1.4, "mutation_scale": 12}
     ax.annotate("", edge, last, arrowprops=arrow, zorder=5)
     away = np.sign([edge[0] - np.mean(wl), edge[1] - np.mean(bl)])
     ax.annotate(
@@ -82,8 +84,8 @@ def _surface(ax: Axes, moments: Moments, floor: float, wl: Limits, bl: Limits) -
     bar = ax.get_figure().colorbar(filled, ax=ax, pad=0.01, fraction=0.04)
     bar.set_ticks(10.0 ** np.arange(math.ceil(math.log10(levels[0])), math.log10(top) + 1e-9))
     plain_log_labels(bar.ax.yaxis)
-    bar.set_label("MSE above the least-squares floor", fontsize=8.5)
-    bar.ax.tick_params(labelsize=7.5)
+    bar.set_label("MSE above the floor", fontsize=TEXT)
+    bar.ax.tick_params(labelsize=TEXT)
 
 
 def panel_paths(ax: Axes, histories: Sequence[History], moments: Moments, floor: float) -> None:
@@ -100,12 +102,13 @@ def panel_paths(ax: Axes, histories: Sequence[History], moments: Moments, floor:
         keep = int(inside.argmin()) if not inside.all() else len(pts)
         colour = method_colour(h.method, i)
         path = pts[:keep]
-        ax.plot(*path.T, "-o", color=colour, lw=1.6, ms=3.5, zorder=4, markevery=markevery(keep))
+        ax.plot(*path.T, "-o", color=colour, lw=1.3, ms=2.6, zorder=4, markevery=markevery(keep))
         if 0 < keep < len(pts):
             _mark_exit(ax, pts, keep, colour, wl, bl)
     for point, name, style in ((start, "start", _START), (best, "least squares", _BEST)):
         label = f"{name}  ({point[0]:.4g}, {point[1]:.4g})"
         ax.plot(*point, ls="none", zorder=8, label=label, **style)
-    ax.legend(bbox_to_anchor=(0.5, -0.13), ncols=2, fontsize=9, **BELOW)
+    ax.legend(bbox_to_anchor=(0.5, -0.16), ncols=2, fontsize=TEXT, **BELOW)
     ax.set(xlim=wl, ylim=bl, xlabel="slope w", ylabel="intercept b")
-    ax.set_title("Path of (w, b) over the loss surface, one dot per epoch", **PANEL_TITLE)
+    text_sizes(ax)
+    ax.set_title("Path of (w, b), one dot per epoch", **PANEL_TITLE)

@@ -20,8 +20,11 @@ from tasks.history import History
 from tasks.report.descent_paths import panel_paths
 from tasks.report.style import (
     DPI,
+    LABEL,
     NOTE,
     PANEL_TITLE,
+    TEXT,
+    WIDTH,
     drawable,
     log_limits,
     log_scale,
@@ -30,12 +33,12 @@ from tasks.report.style import (
     method_name,
     padded,
     reference_line,
+    text_sizes,
 )
-from tasks.report.tables import TITLE, format_cell
 from tasks.stats import Moments
 from tasks.storage import atomic_path
 
-FIGSIZE = (14.0, 10.0)
+FIGSIZE = (WIDTH, 7.4)
 MAX_POINTS = 3000  # data points drawn in the data panel
 
 
@@ -66,13 +69,13 @@ def _panel_loss(ax: Axes, histories: Sequence[History], floor: float, use_update
         xs = (h.updates if use_updates else h.epoch).astype(np.float64)
         ok = drawable(h.loss) & (h.loss > 0) & ((xs > 0) if use_updates else True)
         colour = method_colour(h.method, i)
-        style = {"color": colour, "lw": 1.8, "ms": 3.5, "zorder": 3}
+        style = {"color": colour, "lw": 1.4, "ms": 2.6, "zorder": 3}
         ax.plot(xs[ok], h.loss[ok], "-o", markevery=markevery(int(ok.sum())), **style)
         drawn.append(h.loss[ok])
         if (h.diverged or _overflow_epoch(h) is not None) and ok.any():
             last = np.flatnonzero(ok)[-1]
             x, y = xs[last], h.loss[last]
-            ax.plot(x, y, "X", color=colour, ms=13, mec="black", zorder=5)
+            ax.plot(x, y, "X", color=colour, ms=8, mec="black", zorder=5)
             ax.annotate("diverged", (x, y), (-10, -4), ha="right", va="top", color=colour, **NOTE)
     if math.isfinite(floor) and floor > 0:
         reference_line(ax, floor, f" least-squares floor {floor:.4g}", "--", 1.2, "0.25")
@@ -81,14 +84,15 @@ def _panel_loss(ax: Axes, histories: Sequence[History], floor: float, use_update
     if use_updates:
         log_scale(ax, "x")
         ax.set_xlim(*log_limits(np.concatenate([h.updates for h in histories]).astype(float)))
-        ax.set_xlabel("parameter updates made (log scale; the start, at 0 updates, is not shown)")
+        ax.set_xlabel("parameter updates made (log scale)")
         ax.set_title("Loss against parameter updates", **PANEL_TITLE)
     else:
         ax.set_xlim(*padded(0.0, float(max(h.epochs for h in histories)), 0.02))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch (full passes over the data)")
+        ax.set_xlabel("epoch (passes over the data)")
         ax.set_title("Loss per epoch", **PANEL_TITLE)
     ax.set_ylabel("full-data MSE (log scale)")
+    text_sizes(ax)
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
 
@@ -110,29 +114,28 @@ def _panel_data(
     xs, ys = x[idx].astype(np.float64), y[idx].astype(np.float64)
     ok = np.isfinite(xs) & np.isfinite(ys)
     xs, ys = xs[ok], ys[ok]
-    marker, ms, alpha = (".", 3, 0.35) if xs.size > 300 else ("+", 7, 0.8)
+    marker, ms, alpha = (".", 2, 0.35) if xs.size > 300 else ("+", 5, 0.8)
     label = f"{xs.size:,} of {n:,} points" if xs.size < n else "data"
     ax.plot(xs, ys, marker, color="0.45", ms=ms, alpha=alpha, ls="none", zorder=2, label=label)
     x_lo, x_hi = (float(xs.min()), float(xs.max())) if xs.size else (0.0, 1.0)
     line_x = np.array([x_lo, x_hi])
     if true_slope is not None and true_intercept is not None:
-        label = f"true line  y = {true_slope:g}·x + {true_intercept:g}"
+        label = f"true line y = {true_slope:g}·x + {true_intercept:g}"
         line_y = true_slope * line_x + true_intercept
-        ax.plot(line_x, line_y, "--", color="black", lw=1.6, zorder=3, label=label)
+        ax.plot(line_x, line_y, "--", color="black", lw=1.2, zorder=3, label=label)
     for i, h in enumerate(histories):
         w, b = float(h.w[-1]), float(h.b[-1])
         name, colour = method_name(h.method), method_colour(h.method, i)
         if h.diverged or not (math.isfinite(w) and math.isfinite(b)):
-            label = f"{name}: diverged, line not drawn (w = {format_cell(w)})"
-            ax.plot([], [], ":", color=colour, lw=2, label=label)
-        else:
-            label = f"{name}:  w = {w:.4g},  b = {b:.4g}"
-            ax.plot(line_x, w * line_x + b, color=colour, lw=2, alpha=0.85, zorder=4, label=label)
+            ax.plot([], [], ":", color=colour, lw=1.5, label=f"{name}: diverged, not drawn")
+        else:  # its w and b are in the results table
+            ax.plot(line_x, w * line_x + b, color=colour, lw=1.5, alpha=0.85, zorder=4, label=name)
     ax.set_xlim(*padded(x_lo, x_hi, 0.02))
     ax.set_ylim(*(padded(float(ys.min()), float(ys.max()), 0.06) if ys.size else (0.0, 1.0)))
     corner = "upper right" if true_slope is not None and true_slope < 0 else "upper left"
-    ax.legend(loc="best" if true_slope is None else corner, fontsize=8.5, framealpha=0.9)
+    ax.legend(loc="best" if true_slope is None else corner, fontsize=TEXT, framealpha=0.9)
     ax.set(xlabel="x", ylabel="y")
+    text_sizes(ax)
     ax.set_title("Data and the fitted lines after training", **PANEL_TITLE)
     ax.grid(True, alpha=0.3)
 
@@ -153,18 +156,17 @@ def build_figure(
     handles = []  # one legend entry per method, a cross for those that diverged
     for i, h in enumerate(histories):
         colour = method_colour(h.method, i)
-        mark = {"marker": "X", "ms": 8, "mec": "black"} if h.diverged else {"marker": "o", "ms": 5}
-        handles.append(Line2D([], [], color=colour, lw=2.2, label=_label(h), **mark))
-    # As many legend columns (up to 3) as fit side by side; a label is ~6.3 points per
-    # character at font size 11, plus its marker.
-    width = max(len(h.get_label()) for h in handles) * 6.3 + 55
+        mark = {"marker": "X", "ms": 6, "mec": "black"} if h.diverged else {"marker": "o", "ms": 4}
+        handles.append(Line2D([], [], color=colour, lw=1.6, label=_label(h), **mark))
+    # As many legend columns (up to 3) as fit side by side; a label is ~0.56 of its font size
+    # per character, plus its marker.
+    width = max(len(h.get_label()) for h in handles) * 0.56 * LABEL + 40
     ncols = max(1, min(len(handles), 3, int(FIGSIZE[0] * 72 * 0.95 // width)))
-    head_in = 0.45 + 0.27 * math.ceil(len(handles) / ncols)
+    head_in = 0.08 + 0.17 * math.ceil(len(handles) / ncols)
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     head, body = fig.subfigures(2, 1, height_ratios=[head_in, FIGSIZE[1] - head_in])
-    head.suptitle(TITLE, fontsize=16, fontweight="bold")
     head.legend(
-        handles=handles, loc="outside lower center", ncols=ncols, fontsize=11, frameon=False
+        handles=handles, loc="outside lower center", ncols=ncols, fontsize=LABEL, frameon=False
     )
     (ax_epoch, ax_updates), (ax_data, ax_paths) = body.subplots(2, 2)
     floor = float(moments.mse(*moments.least_squares()))
@@ -173,7 +175,7 @@ def build_figure(
     _panel_data(ax_data, histories, x, y, true_slope, true_intercept)
     panel_paths(ax_paths, histories, moments, floor)
     # the caption holds the user's file and column names: text, never mathematics
-    body.supxlabel(textwrap.fill(caption, 190), fontsize=9, color="0.3", parse_math=False)
+    body.supxlabel(textwrap.fill(caption, 115), fontsize=TEXT, color="0.3", parse_math=False)
     return fig
 
 

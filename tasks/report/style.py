@@ -11,12 +11,19 @@ from matplotlib.axes import Axes
 from matplotlib.axis import Axis
 from matplotlib.ticker import LogFormatterSciNotation
 
-DPI = 110
+# The figures are WIDTH inches wide, drawn at two pixels per CSS pixel (sharp on HiDPI screens):
+# Prefect's V2 UI shows a markdown image at most 690 CSS pixels wide, 100 per inch of WIDTH.
+WIDTH = 6.9
+DPI = 200
+# Font sizes in points; at 100 CSS pixels per inch TEXT is 10.4 px tall, the smallest text drawn.
+TEXT = 7.5
+LABEL = 8.0
+TITLE_SIZE = 11.0
 MAX_MARKERS = 40  # per-epoch markers drawn per curve
 BIG = 1e200  # larger values are off any chart: log-axis ticks beyond 1e300 overflow to inf
 
-NOTE = {"textcoords": "offset points", "fontsize": 9, "fontweight": "bold"}  # beside a point
-PANEL_TITLE = {"loc": "left", "fontweight": "bold"}
+NOTE = {"textcoords": "offset points", "fontsize": TEXT, "fontweight": "bold"}  # beside a point
+PANEL_TITLE = {"loc": "left", "fontweight": "bold", "fontsize": 8.5}
 BELOW = {"loc": "upper center", "frameon": False}  # a legend under its panel
 
 Limits = tuple[float, float]
@@ -65,11 +72,18 @@ def log_limits(values: np.ndarray) -> Limits:
     return 10.0 ** max(lo - pad, -200.0), 10.0 ** min(hi + pad, 200.0)
 
 
+def text_sizes(ax: Axes) -> None:
+    """Give the tick labels and axis labels of `ax` the figures' sizes."""
+    ax.tick_params(which="both", labelsize=TEXT)
+    ax.xaxis.label.set_size(LABEL)
+    ax.yaxis.label.set_size(LABEL)
+
+
 def reference_line(ax: Axes, y: float, text: str, ls: str, lw: float, colour: str) -> None:
     """A horizontal line across `ax` at `y`, with `text` above its left end."""
     ax.axhline(y, ls=ls, lw=lw, color=colour, zorder=2)
     ax.text(
-        0.01, y, text, transform=ax.get_yaxis_transform(), va="bottom", fontsize=8.5, color=colour
+        0.01, y, text, transform=ax.get_yaxis_transform(), va="bottom", fontsize=TEXT, color=colour
     )
 
 

@@ -20,13 +20,24 @@ from matplotlib.ticker import MaxNLocator
 
 from tasks.history import History
 from tasks.params import Cell, Method
-from tasks.report.style import BELOW, DPI, PANEL_TITLE, log_scale, plain_log_labels, reference_line
-from tasks.report.sweep_tables import METHOD_WORDS, SWEEP_TITLE, TARGET_FRACTION, GridSummary
+from tasks.report.style import (
+    BELOW,
+    DPI,
+    LABEL,
+    PANEL_TITLE,
+    TEXT,
+    WIDTH,
+    log_scale,
+    plain_log_labels,
+    reference_line,
+    text_sizes,
+)
+from tasks.report.sweep_tables import METHOD_WORDS, TARGET_FRACTION, GridSummary
 
-FIGSIZE = (15.0, 7.2)
+FIGSIZE = (WIDTH, 9.6)
 _DIVERGED = {"facecolor": "0.88", "hatch": "xx", "edgecolor": "0.6"}
-_BEST = {"fill": False, "edgecolor": "#FF2D95", "lw": 2.6}
-_TITLE = {**PANEL_TITLE, "fontsize": 10.5}
+_BEST = {"fill": False, "edgecolor": "#FF2D95", "lw": 2.0}
+_TITLE = PANEL_TITLE
 _WARNING = {"color": "#B00020", "fontweight": "bold"}  # what diverged
 
 
@@ -44,14 +55,14 @@ def _label_cells(ax: Axes, summary: GridSummary, norm: Normalize, lo: float) -> 
         if diverged:
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, **_DIVERGED))
             style = _WARNING
-            text = "diverged" + (f" {diverged}/{summary.seeds}" if summary.seeds > 1 else "")
+            text = "diverged" + (f"\n{diverged}/{summary.seeds}" if summary.seeds > 1 else "")
         else:
             r, g, b, _ = cmap(norm(max(excess, lo)))
             style = {"color": "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.45 else "white"}
             epochs = summary.epochs[i, j]
             reached = f"{epochs:.0f} ep" if math.isfinite(epochs) else "not reached"
             text = f"{excess:.1e}\n{reached}"
-        ax.text(j, i, text, ha="center", va="center", fontsize=8, **style)
+        ax.text(j, i, text, ha="center", va="center", fontsize=TEXT, **style)
 
 
 def _mark_best_and_bound(ax: Axes, summary: GridSummary) -> None:
@@ -62,17 +73,17 @@ def _mark_best_and_bound(ax: Axes, summary: GridSummary) -> None:
     # Across each column, between the rows of the step sizes at or below its bound and above.
     rows = [sum(lr <= bound for lr in summary.lrs) - 0.5 for bound in summary.bounds]
     edges = [x for j in range(len(rows)) for x in (j - 0.5, j + 0.5)]
-    halo = [Stroke(linewidth=4.4, foreground="white"), Normal()]
+    halo = [Stroke(linewidth=3.6, foreground="white"), Normal()]
     label = "stability bound (may diverge above)"
     (line,) = ax.plot(
-        edges, np.repeat(rows, 2), "--", color="#D00000", lw=2.4, path_effects=halo, label=label
+        edges, np.repeat(rows, 2), "--", color="#D00000", lw=2.0, path_effects=halo, label=label
     )
     handles = [
         line,
         Patch(**_DIVERGED, label="diverged"),
-        Patch(**_BEST, label="best step size per batch size (curves on the right)"),
+        Patch(**_BEST, label="best step size per batch size (curves below)"),
     ]
-    ax.legend(handles=handles, bbox_to_anchor=(0.5, -0.16), ncols=3, fontsize=8.5, **BELOW)
+    ax.legend(handles=handles, bbox_to_anchor=(0.5, -0.2), ncols=2, fontsize=TEXT, **BELOW)
 
 
 def _heat_map(ax: Axes, summary: GridSummary) -> None:
@@ -93,10 +104,11 @@ def _heat_map(ax: Axes, summary: GridSummary) -> None:
         batch_label(s, m, float(bound))
         for s, m, bound in zip(summary.batch_sizes, summary.methods, summary.bounds, strict=True)
     ]
-    ax.set_xticks(range(cols), labels, fontsize=8.5)
+    ax.set_xticks(range(cols), labels)
     ax.set_yticks(range(rows), [f"{lr:g}" for lr in summary.lrs])
     ax.set(xlim=(-0.5, cols - 0.5), ylim=(-0.5, rows - 0.5))
     ax.set(xlabel="batch size (points per update)", ylabel="step size")
+    text_sizes(ax)
     seeds = f"median over {summary.seeds} seeds" if summary.seeds > 1 else "one seed"
     ax.set_title(
         f"Final loss above the least-squares floor ({seeds});\n"
@@ -106,7 +118,8 @@ def _heat_map(ax: Axes, summary: GridSummary) -> None:
     if shown.size:
         bar = ax.figure.colorbar(image, ax=ax, pad=0.015, fraction=0.05)
         plain_log_labels(bar.ax.yaxis)
-        bar.set_label("final MSE − least-squares MSE (log scale)", fontsize=8.5)
+        bar.ax.tick_params(labelsize=TEXT)
+        bar.set_label("final MSE − least-squares MSE (log scale)", fontsize=TEXT)
 
 
 def _curves(
@@ -115,7 +128,7 @@ def _curves(
     """Excess loss per epoch of the best step size of each batch size."""
     if not curves:
         message = "every run diverged: no curve to draw"
-        ax.text(0.5, 0.5, message, ha="center", transform=ax.transAxes, fontsize=11, **_WARNING)
+        ax.text(0.5, 0.5, message, ha="center", transform=ax.transAxes, fontsize=LABEL, **_WARNING)
         ax.set_axis_off()
         return
     palette = colormaps["plasma"]
@@ -127,7 +140,7 @@ def _curves(
         ok = np.isfinite(excess) & (excess > 0)
         colour = palette(0.85 * j / max(len(summary.batch_sizes) - 1, 1))
         label = f"batch {size:,} ({METHOD_WORDS[summary.methods[j]]}), step {h.lr:g}"
-        ax.plot(h.epoch[ok], excess[ok], "-o", color=colour, lw=1.8, ms=3, label=label)
+        ax.plot(h.epoch[ok], excess[ok], "-o", color=colour, lw=1.4, ms=2.6, label=label)
     missing = [s for s in summary.batch_sizes if s not in curves]
     if missing:
         ax.plot([], [], " ", label=f"batch {', '.join(map(str, missing))}: every step diverged")
@@ -138,10 +151,11 @@ def _curves(
     log_scale(ax, "y")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(0, max(h.epochs for h in curves.values()))
-    ax.set(xlabel="epoch (full passes over the data)", ylabel="MSE − least-squares MSE (log scale)")
+    ax.set(xlabel="epoch (passes over the data)", ylabel="MSE − least-squares MSE (log)")
+    text_sizes(ax)
     ax.set_title(f"Loss per epoch at the best step size of each batch size (seed {seed})", **_TITLE)
     ax.grid(True, which="major", alpha=0.35)
-    ax.legend(fontsize=8.5, loc="upper right", framealpha=0.9)
+    ax.legend(fontsize=TEXT, loc="upper right", framealpha=0.9)
 
 
 def best_curves(
@@ -163,11 +177,10 @@ def best_curves(
 def build_sweep_figure(
     summary: GridSummary, curves: dict[int, History], floor: float, seed: int, caption: str
 ) -> Figure:
-    """Heat map of the grid (left) and the best runs' loss curves on one seed (right)."""
+    """Heat map of the grid (above) and the best runs' loss curves on one seed (below)."""
     fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
-    fig.suptitle(SWEEP_TITLE, fontsize=15, fontweight="bold")
-    ax_map, ax_curves = fig.subplots(1, 2, width_ratios=[1.25, 1.0])
+    ax_map, ax_curves = fig.subplots(2, 1, height_ratios=[1.3, 1.0])
     _heat_map(ax_map, summary)
     _curves(ax_curves, summary, curves, floor, seed)
-    fig.supxlabel(textwrap.fill(caption, 200), fontsize=9, color="0.3")
+    fig.supxlabel(textwrap.fill(caption, 115), fontsize=TEXT, color="0.3")
     return fig

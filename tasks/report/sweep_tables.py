@@ -12,7 +12,12 @@ import pyarrow as pa
 
 from tasks.history import History, MethodResult
 from tasks.params import Cell, Method, SweepParams
-from tasks.report.tables import figure_markdown, finite_or_none, settings_caption
+from tasks.report.tables import (
+    figure_markdown,
+    finite_or_none,
+    format_cell,
+    settings_caption,
+)
 from tasks.stats import Moments
 
 SWEEP_TITLE = "Step size × batch size: where gradient descent converges, and how close it gets"
@@ -146,8 +151,8 @@ def sweep_caption(params: SweepParams) -> str:
     return settings_caption(params, data, grid)
 
 
-def _number(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4g}"
+def _cell(value: Any) -> str:
+    return "—" if value is None else format_cell(value)
 
 
 def sweep_markdown(
@@ -157,22 +162,24 @@ def sweep_markdown(
     caption: str,
     histories_file: str,
 ) -> str:
-    """Markdown artifact: caption, embedded figure, best step size per batch size, files."""
+    """Markdown artifact: embedded figure, best step size per batch size, files."""
+    keys = ("batch_size", "method", "best_lr", "excess_loss", "epochs_to_target", "stability_bound")
     table = [
-        "| Batch size | Method | Best step size | Final loss − floor | Epochs to target "
-        "| Stability bound | Diverged at step sizes |",
+        "| Batch | Method | Best step | Loss − floor | Epochs | Bound | Diverged at |",
         "|---|---|---|---|---|---|---|",
         *(
-            f"| {b['batch_size']:,} | {b['method']} | {_number(b['best_lr'])} "
-            f"| {_number(b['excess_loss'])} | {_number(b['epochs_to_target'])} "
-            f"| {b['stability_bound']:.4g} "
-            f"| {', '.join(f'{lr:g}' for lr in b['diverged_lrs']) or 'none'} |"
+            "| " + " | ".join(_cell(b[key]) for key in keys) + " | "
+            f"{', '.join(f'{lr:g}' for lr in b['diverged_lrs']) or 'none'} |"
             for b in best
         ),
     ]
     blocks = [
-        *figure_markdown(SWEEP_TITLE, [caption], "sweep", png),
+        f"# {SWEEP_TITLE}",
+        figure_markdown(caption, png),  # the figure shows its caption: here it is not text
         "\n".join(table),
+        "Per batch size (points per update), the best step size (median over seeds), its final "
+        "loss above the least-squares floor, the epochs it took to reach the target, the "
+        "stability bound of the step size, and the step sizes that diverged.",
         f"**{sum(r['diverged'] for r in rows)} of {len(rows)} runs diverged.** Target: the loss "
         f"above the least-squares floor falls to {TARGET_FRACTION:g} of its starting value.",
         f"Every run: table artifact `{CELLS_KEY}`. Every epoch of every run: `{histories_file}`.",

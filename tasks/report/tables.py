@@ -21,22 +21,27 @@ TITLE = "Gradient descent on y = w·x + b: batch vs stochastic vs mini-batch"
 COMPARISON_KEY = "gd-comparison"  # the markdown artifact
 LOSSES_KEY = "gd-losses"  # the loss table artifact
 
-# (row key, column title) of the results table, in order.
+# (row key, column title) of the results table and of its details, in order: each fits, headers
+# on one line, the 690 px that Prefect's V2 UI gives a markdown artifact.
 COLUMNS = (
     ("method", "Method"),
     ("lr", "Step size"),
     ("final_loss", "Final loss"),
     ("w", "w"),
     ("b", "b"),
-    ("w_minus_true", "w − true"),
-    ("b_minus_true", "b − true"),
-    ("w_minus_lstsq", "w − ŵ (least sq.)"),
-    ("b_minus_lstsq", "b − b̂ (least sq.)"),
     ("updates", "Updates"),
-    ("wall_time_s", "Time (s)"),
-    ("stability_bound", "Stable below"),
     ("diverged", "Diverged"),
 )
+DETAIL_COLUMNS = (
+    ("method", "Method"),
+    ("w_minus_true", "w − true"),
+    ("b_minus_true", "b − true"),
+    ("w_minus_lstsq", "w − ŵ"),
+    ("b_minus_lstsq", "b − b̂"),
+    ("stability_bound", "Stable below"),
+    ("wall_time_s", "Time (s)"),
+)
+DETAILS = "ŵ, b̂: the least-squares fit. Stable below: the stability bound of the step size."
 
 
 def settings_caption(params: SharedParams, data: str, steps: str) -> str:
@@ -111,24 +116,36 @@ def markdown_text(text: str) -> str:
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", html.escape(text, quote=False))
 
 
-def figure_markdown(title: str, texts: Sequence[str], alt: str, png: bytes) -> list[str]:
-    """The first blocks of a report's markdown: its title, texts and the figure (a data URL)."""
+def figure_markdown(alt: str, png: bytes) -> str:
+    """A report's figure as a markdown image (a data URL) with `alt` as its alternative text."""
     image = base64.b64encode(png).decode("ascii")
-    return [f"# {title}", *texts, f"![{alt}](data:image/png;base64,{image})"]
+    return f"![{markdown_text(alt)}](data:image/png;base64,{image})"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """A markdown table of the `columns` (row key, title) of `rows`, cells by format_cell."""
+    return "\n".join(
+        [
+            "| " + " | ".join(title for _, title in columns) + " |",
+            "|" + "|".join("---" for _ in columns) + "|",
+            *("| " + " | ".join(format_cell(row[k]) for k, _ in columns) + " |" for row in rows),
+        ]
+    )
 
 
 def comparison_markdown(
     rows: list[dict[str, Any]], png_bytes: bytes, caption: str, source: str
 ) -> str:
-    """Markdown artifact: caption, data source, embedded figure, results table, divergences."""
-    table = [
-        "| " + " | ".join(title for _, title in COLUMNS) + " |",
-        "|" + "|".join("---" for _ in COLUMNS) + "|",
-        *("| " + " | ".join(format_cell(row[key]) for key, _ in COLUMNS) + " |" for row in rows),
+    """Markdown artifact: data source, embedded figure (with the caption), results and details
+    tables, divergences."""
+    blocks = [
+        f"# {TITLE}",
+        "Data: " + markdown_text(source),
+        figure_markdown(caption, png_bytes),  # the figure shows its caption: here it is not text
+        markdown_table(rows, COLUMNS),
+        markdown_table(rows, DETAIL_COLUMNS),
+        DETAILS,
     ]
-    texts = [markdown_text(caption), "Data: " + markdown_text(source)]
-    blocks = figure_markdown(TITLE, texts, "comparison", png_bytes)
-    blocks.append("\n".join(table))
     diverged = [
         f"- **{row['method']} diverged** (step {format_cell(row['lr'])}): "
         f"{format_cell(row['reason']) or 'no reason given'}"
@@ -145,8 +162,20 @@ def finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def shown(value: float | None) -> float | None:
+    """A table artifact's number: 4 significant digits, None if not finite (JSON has no inf)."""
+    value = finite_or_none(value)
+    return None if value is None else float(f"{value:.4g}")
+
+
+def table_artifact(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` as a table artifact shows them: every float rounded by `shown`."""
+    return [{k: shown(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
 def loss_table(histories: Sequence[History], max_rows: int = 1001) -> list[dict[str, Any]]:
-    """JSON-safe rows of the loss of every method per epoch (evenly thinned to `max_rows`)."""
+    """JSON-safe rows of the loss of every method per epoch (evenly thinned to `max_rows`),
+    to 4 significant digits."""
     epochs = sorted({int(e) for h in histories for e in h.epoch})
     if len(epochs) > max_rows:
         keep = np.unique(np.linspace(0, len(epochs) - 1, max_rows).round().astype(int))
@@ -155,7 +184,6 @@ def loss_table(histories: Sequence[History], max_rows: int = 1001) -> list[dict[
         h.method: dict(zip(h.epoch.tolist(), h.loss.tolist(), strict=True)) for h in histories
     }
     return [
-        {"epoch": e}
-        | {method: finite_or_none(by_epoch.get(e)) for method, by_epoch in losses.items()}
+        {"epoch": e} | {method: shown(by_epoch.get(e)) for method, by_epoch in losses.items()}
         for e in epochs
     ]

@@ -39,6 +39,7 @@ def test_default_run_writes_every_output(tmp_path) -> None:
         "train-sgd": "Completed",
         "train-minibatch": "Completed",
         "publish-report": "Completed",
+        "publish-trend": "Completed",
     }
     assert Path(result["dataset"]["path"]).is_file()
     assert result["dataset"]["rows"] == 100
@@ -161,7 +162,7 @@ def test_deleted_history_is_retrained(tmp_path) -> None:
 
 def test_numeric_code_change_invalidates_training(tmp_path, monkeypatch) -> None:
     run(tmp_path)
-    monkeypatch.setattr("tasks.cache.code_version", lambda: "a-different-version")
+    monkeypatch.setattr("tasks.policies.code_version", lambda: "a-different-version")
     _, states = run(tmp_path)
     assert {states[f"train-{n}"] for n in ("bgd", "sgd", "minibatch")} == {"Completed"}
 

@@ -21,11 +21,11 @@ import numpy as np
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter
 
-from tasks.cache import FlockLockManager, locks_dir
 from tasks.data.synthetic import generate
 from tasks.history import read_history
 from tasks.params import RunParams
 from tasks.paths import dataset_path, reports_dir
+from tasks.policies import FlockLockManager, locks_dir
 from tasks.stats import moments
 from tasks.storage import read_manifest
 from tasks.training.methods import train

@@ -7,10 +7,12 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import pyarrow.parquet as pq
 import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
@@ -23,10 +25,14 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import Artifact, Deployment
+from prefect.states import Scheduled
 
+from flows.comparison import gd_comparison
 from flows.serving import WORK_POOL, ensure_work_pool
+from tasks.params import PRESETS, RunParams
 from tasks.paths import PROJECT_ROOT
 
+METHODS = ("bgd", "sgd", "minibatch")
 pytestmark = pytest.mark.slow  # one `prefect deploy` and one worker process
 
 
@@ -77,8 +83,10 @@ def deployments(prefect_api: str) -> dict[str, Deployment]:
 def test_prefect_yaml_declares_nightly_tutorial_and_sweep_deployments(deployments) -> None:
     assert set(deployments) == {"nightly", "tutorial", "sweep"}
     nightly, tutorial, sweep = deployments["nightly"], deployments["tutorial"], deployments["sweep"]
-    assert nightly.parameters == {"params": {"preset": "default"}}
-    assert tutorial.parameters == {"params": {"preset": "tutorial"}}
+    assert nightly.parameters == {"params": {"preset": "default", "seed_from_date": True}}
+    assert tutorial.parameters == {
+        "params": {"preset": "tutorial", "methods": ["bgd", "sgd"], "sgd_lr": 0.1}
+    }
     assert sweep.parameters == {"params": {}}
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
     assert sweep.entrypoint == "flows/sweep.py:gd_sweep"
@@ -159,3 +167,75 @@ def test_a_sweep_split_by_seed_runs_on_a_worker(deployments, prefect_api, tmp_pa
     (cells,) = artifacts
     assert len(json.loads(cells.data)) == 4  # 2 step sizes x 2 batch sizes x 1 seed
     assert list((tmp_path / "reports").glob("sweep-*/sweep.png"))
+
+
+def _as_the_ui_submits(deployment: Deployment) -> dict[str, Any]:
+    """The parameters the UI's run form submits unchanged: the deployment's values, and for
+    every other field of the flow's parameter model the default its schema shows."""
+    schema = deployment.parameter_openapi_schema
+    name = schema["properties"]["params"]["anyOf"][0]["$ref"].rsplit("/", 1)[1]
+    fields = schema["definitions"][name]["properties"]
+    given = deployment.parameters["params"]
+    shown = {k: given.get(k, field.get("default")) for k, field in fields.items()}
+    return {"params": {k: v for k, v in shown.items() if v is not None}}
+
+
+@pytest.mark.parametrize(("name", "sgd_diverges"), [("tutorial", True), ("nightly", False)])
+def test_the_ui_form_submitted_unchanged_runs_the_preset(
+    deployments, prefect_api, tmp_path, name: str, sgd_diverges: bool
+) -> None:
+    deployment = deployments[name]
+    submitted = _as_the_ui_submits(deployment)
+    with get_client(sync_client=True) as client:  # the server checks them against the schema
+        requested = client.create_flow_run_from_deployment(deployment.id, parameters=submitted)
+        client.delete_flow_run(requested.id)  # no worker is to run it: it is run here, below
+    params = RunParams.model_validate({**submitted["params"], "data_dir": str(tmp_path)})
+    assert params == RunParams(**{**deployment.parameters["params"], "data_dir": str(tmp_path)})
+    result = gd_comparison(params=params)
+    assert result.methods["sgd"].diverged is sgd_diverges
+    if name == "tutorial":
+        assert set(result.methods) == {"bgd", "sgd"}
+
+
+def test_each_preset_deployment_spells_out_what_its_preset_sets(deployments) -> None:
+    for deployment in deployments.values():
+        given = deployment.parameters["params"]
+        if "preset" in given:
+            wanted = RunParams(preset=given["preset"]).model_dump(mode="json")
+            assert {k: given[k] for k in PRESETS[given["preset"]]} == {
+                k: wanted[k] for k in PRESETS[given["preset"]]
+            }
+
+
+def test_two_nights_of_the_nightly_deployment_draw_two_data_sets_and_a_trend(
+    deployments, prefect_api, tmp_path
+) -> None:
+    nightly = deployments["nightly"]
+    nights = [datetime(2026, 11, 30, 2, tzinfo=UTC), datetime(2026, 12, 1, 2, tzinfo=UTC)]
+    for night in nights:  # as the scheduler makes them, one a night, and a worker runs it
+        with get_client(sync_client=True) as client:
+            scheduled = Scheduled(scheduled_time=night)
+            client.create_flow_run_from_deployment(nightly.id, state=scheduled)
+        run_worker_once(prefect_api, tmp_path)
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(deployment_id={"any_": [nightly.id]}),
+        )
+        trend = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gd-trend-nightly"]))
+        )
+    done = [r for r in runs if r.expected_start_time in nights]
+    assert sorted(r.state_name for r in done) == ["Completed", "Completed"]
+    datasets = sorted((tmp_path / "datasets").glob("synthetic-*.parquet"))
+    seeds = sorted(json.loads(pq.read_schema(p).metadata[b"gdflow.param.seed"]) for p in datasets)
+    assert seeds == [20261130, 20261201]
+    # the trend's newest two versions: each night adds one row per method (earlier tests of this
+    # module ran the deployment too, so the first of them may hold more than one)
+    newest = sorted(trend, key=lambda a: a.created)[-2:]
+    counts = []
+    for artifact in newest:
+        lines = artifact.data.split("\n")
+        cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+        counts.append([sum(len(r) > 2 and r[2] == m for r in cells) for m in METHODS])
+    assert counts[1] == [n + 1 for n in counts[0]], counts
+    assert min(counts[0]) >= 1, counts

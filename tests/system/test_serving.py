@@ -134,8 +134,9 @@ def test_serve_schedules_the_flow_and_runs_it(server, tmp_path) -> None:
     assert run.state_name == "Completed", log.read_text()[-3000:]
     assert re.fullmatch(r"tutorial-n100-e30-bgd\+sgd-[0-9a-f]{6}", run.name)
     assert {"auto-scheduled", "served", "preset:tutorial"} <= set(run.tags)
+    tutorial = {"preset": "tutorial", "methods": ["bgd", "sgd"], "sgd_lr": 0.1}  # its preset's
     assert deployment.parameters == {
-        "params": {"preset": "tutorial", "epochs": 30, "data_dir": str(tmp_path)}
+        "params": {**tutorial, "epochs": 30, "data_dir": str(tmp_path)}
     }
     assert deployment.schedules[0].schedule.interval.total_seconds() == 3600
     waits = sorted(
@@ -154,7 +155,7 @@ def test_serve_schedules_the_flow_and_runs_it(server, tmp_path) -> None:
     [
         (["--interval", "0"], "--interval"),
         (["--cron", "every night"], "--cron"),
-        (["--cron", "0 2 * * *", "--interval", "60"], "--interval"),
+        (["--interval", "60", "--interval", "-1"], "--interval"),
         (["--cron", "0 2 * * *", "--epochs", "0"], "--epochs"),
     ],
 )
@@ -176,13 +177,20 @@ def test_serve_and_run_say_how_to_reach_a_server() -> None:
         assert "gdflow server" in line
 
 
-def test_deployment_parameters_are_the_options_given_with_absolute_paths(monkeypatch) -> None:
+def test_deployment_parameters_are_the_options_given_and_the_presets(monkeypatch) -> None:
     monkeypatch.chdir("/")
     given = {"preset": "tutorial", "sgd_lr": "0.02", "data_dir": "tmp/x"}
     params = RunParams.model_validate(given)
+    # the fields the preset sets are spelled out (the UI's form shows them), paths made absolute
     assert deployment_parameters(params, given) == {
-        "params": {"preset": "tutorial", "sgd_lr": 0.02, "data_dir": "/tmp/x"}
+        "params": {
+            "preset": "tutorial",
+            "methods": ["bgd", "sgd"],
+            "sgd_lr": 0.02,
+            "data_dir": "/tmp/x",
+        }
     }
+    assert deployment_parameters(RunParams(), {}) == {"params": {}}
 
 
 @pytest.mark.slow

@@ -11,10 +11,10 @@ import pytest
 from flows.cache_listing import (
     INTERRUPTED,
     collect,
+    delete,
     format_age,
     format_size,
     parse_age,
-    remove,
     summarize,
 )
 from tasks.errors import InputError
@@ -64,7 +64,7 @@ def test_every_area_is_listed_with_a_file_and_its_manifest_as_one_entry(data_dir
 def test_removing_an_entry_removes_its_files_and_nothing_else(data_dir: Path) -> None:
     for entry in collect(data_dir):
         if entry.area in ("datasets", "reports"):
-            remove(entry)
+            delete(entry)
     left = {str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file()}
     assert left == {
         "datasets/.synthetic-b.parquet.123.tmp",

@@ -18,13 +18,15 @@ from matplotlib.text import Text
 from tasks.history import History, MethodResult
 from tasks.params import RunParams
 from tasks.report.figure import MAX_POINTS, build_figure, save_figure
-from tasks.report.style import log_limits, plain_power_label
+from tasks.report.style import DPI, TEXT, WIDTH, log_limits, plain_power_label
 from tasks.report.tables import (
     caption,
     comparison_markdown,
     format_cell,
     loss_table,
+    markdown_text,
     results_rows,
+    table_artifact,
 )
 from tasks.stats import Moments, moments
 
@@ -166,8 +168,8 @@ def test_figure_has_four_labelled_panels(figure: Figure) -> None:
     assert "MSE" in epoch_ax.get_ylabel()
     assert (data_ax.get_xlabel(), data_ax.get_ylabel()) == ("x", "y")
     assert (path_ax.get_xlabel(), path_ax.get_ylabel()) == ("slope w", "intercept b")
-    assert "batch vs stochastic vs mini-batch" in texts(figure)
     assert CAPTION in texts(figure)
+    assert "batch vs stochastic" not in texts(figure)  # the title is the artifact's
 
 
 def test_every_axis_limit_is_finite(figure: Figure) -> None:
@@ -184,7 +186,7 @@ def test_diverged_method_is_labelled(figure: Figure) -> None:
     assert "DIVERGED" in sgd
     assert "inf/nan from epoch 4" in sgd
     assert not any("DIVERGED" in label for label in labels if not label.startswith("Stochastic"))
-    assert any("diverged, line not drawn" in label for label in legend_labels(panels(figure)[2]))
+    assert "Stochastic GD: diverged, not drawn" in legend_labels(panels(figure)[2])
     assert "diverged → off the chart" in texts(figure)
 
 
@@ -273,7 +275,7 @@ def test_users_data_gets_no_true_line(
 ) -> None:
     fig = draw(histories, *data, stats, true_slope=None, true_intercept=None)
     labels = legend_labels(panels(fig)[2])
-    assert any(label.startswith("Batch GD:") for label in labels)
+    assert "Batch GD" in labels
     assert not any("true line" in label for label in labels)
 
 
@@ -301,7 +303,16 @@ def test_save_figure_draws_at_the_figures_resolution(figure: Figure, tmp_path: P
     png = tmp_path / "c.png"
     save_figure(figure, png, tmp_path / "c.svg")
     width, height = (int.from_bytes(png.read_bytes()[i : i + 4], "big") for i in (16, 20))
-    assert (width, height) == (round(14.0 * figure.dpi), round(10.0 * figure.dpi))
+    assert (width, height) == (round(WIDTH * DPI), round(figure.get_figheight() * DPI))
+
+
+def test_figure_text_is_at_least_10_px_where_the_v2_ui_shows_it(figure: Figure) -> None:
+    """Prefect's V2 UI shows a markdown image at most 690 px wide: every text then stays 10 px
+    tall or more."""
+    shown = 690 / (WIDTH * DPI)  # CSS pixels per pixel of the PNG
+    sizes = [t.get_fontsize() * DPI / 72 * shown for t in figure.findobj(Text) if t.get_text()]
+    assert min(sizes) >= 10.0
+    assert TEXT * DPI / 72 * shown >= 10.0
 
 
 def test_save_figure_keeps_the_figures_layout_engine(
@@ -405,18 +416,25 @@ def test_comparison_markdown(histories: list[History], stats: Moments) -> None:
     rows[1] = rows[1] | {"w": math.inf, "b": -math.inf}
     png = b"\x89PNG fake image bytes"
     text = comparison_markdown(rows, png, CAPTION, "synthetic, seed 0")
-    assert f"![comparison](data:image/png;base64,{base64.b64encode(png).decode()})" in text
-    assert CAPTION in text
-    assert "synthetic, seed 0" in text
-    table = [line for line in text.splitlines() if line.startswith("| ")]
-    body = {line.split(" | ")[0].removeprefix("| "): line for line in table[1:]}
-    assert list(body) == ["bgd", "sgd", "minibatch"]
+    image = base64.b64encode(png).decode()
+    assert f"![{markdown_text(CAPTION)}](data:image/png;base64,{image})" in text
+    assert text.count(markdown_text(CAPTION)) == 1  # the figure's alternative text only
+    assert "Data: synthetic, seed 0" in text
+    results, details = [b.splitlines() for b in text.split("\n\n") if b.startswith("| ")]
+    for table in (results, details):
+        assert len(table[0].split(" | ")) <= 7  # it fits the V2 UI's 690 px
+    body = {line.split(" | ")[0].removeprefix("| "): line for line in results[2:]}
+    body |= {"details " + line.split(" | ")[0].removeprefix("| "): line for line in details[2:]}
+    methods = ["bgd", "sgd", "minibatch"]
+    assert list(body) == [*methods, *(f"details {m}" for m in methods)]
     assert "**yes**" in body["sgd"]
     assert "**yes**" not in body["bgd"]
     assert "| nan |" in body["sgd"]
     assert "overflow (inf)" in body["sgd"]
     assert "overflow (-inf)" in body["sgd"]
     assert "| 2,000 |" in body["sgd"]
+    assert "| nan |" in body["details sgd"]
+    assert "| 0.038 |" in body["details bgd"]
     assert "- **sgd diverged** (step 0.5): step size 0.5 is above the stability bound" in text
     assert "bgd diverged" not in text
 
@@ -436,8 +454,9 @@ def test_loss_table_is_json_safe(histories: list[History]) -> None:
     json.dumps(table, allow_nan=False)
     assert table[3]["sgd"] == 1e13
     assert table[4]["sgd"] is None
+    assert table[1]["bgd"] == float(f"{histories[0].loss[1]:.4g}") != histories[0].loss[1]
     assert table[EPOCHS]["sgd"] is None
-    assert table[EPOCHS]["bgd"] == pytest.approx(histories[0].final_loss)
+    assert table[EPOCHS]["bgd"] == pytest.approx(histories[0].final_loss, rel=1e-3)
     assert all(set(row) == {"epoch", "bgd", "sgd", "minibatch"} for row in table)
 
 
@@ -463,8 +482,13 @@ def test_caption_credits_the_users_file() -> None:
     assert "shuffled each epoch" in text
 
 
-def test_user_text_is_escaped_in_markdown() -> None:
-    from tasks.report.tables import markdown_text
+def test_table_artifact_rounds_to_4_significant_digits() -> None:
+    rows = [{"method": "sgd", "lr": 0.123456, "loss": math.inf, "updates": 12345, "ok": True}]
+    assert table_artifact(rows) == [
+        {"method": "sgd", "lr": 0.1235, "loss": None, "updates": 12345, "ok": True}
+    ]
 
+
+def test_user_text_is_escaped_in_markdown() -> None:
     shown = markdown_text("<b>x</b> *y* _z_ [l](u) a|b `c`")
     assert shown == r"&lt;b&gt;x&lt;/b&gt; \*y\* \_z\_ \[l\](u) a\|b \`c\`"

@@ -186,9 +186,12 @@ def test_markdown_embeds_the_figure_and_names_every_batch_size() -> None:
     cells = [Cell(seed=0, batch_size=b, lr=0.1, method=Method.bgd) for b in (10, 100)]
     rows = _rows(cells, [_history([11.0, 2.0]), _history([11.0, 3.0])], {0: 1.0})
     best = [{**r, "best_lr": r["lr"], "diverged_lrs": []} for r in rows]
-    text = sweep_markdown(best, rows, b"\x89PNG fake", "caption", "/x/histories.parquet")
-    assert "data:image/png;base64," in text
-    assert "| 10 | bgd | 0.1 |" in text
+    text = sweep_markdown(best, rows, b"\x89PNG fake", "the caption", "/x/histories.parquet")
+    assert "![the caption](data:image/png;base64," in text
+    assert text.count("the caption") == 1  # the figure shows it
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(table[0].split(" | ")) <= 7
+    assert "| 10 | bgd | 0.1 | 1 | — |" in text  # 4 significant digits; never reached
     assert "| 100 | bgd | 0.1 |" in text
     assert "0 of 2 runs diverged" in text
     assert "/x/histories.parquet" in text
@@ -237,7 +240,7 @@ def test_sweep_figure_marks_divergence_and_draws_without_warnings() -> None:
         fig = build_sweep_figure(summary, curves, 1.0, 0, "the caption")
         fig.savefig(io.BytesIO(), format="png")
     text = "\n".join(t.get_text() for t in fig.findobj(Text))
-    assert "diverged 1/2" in text
+    assert "diverged\n1/2" in text
     assert "the caption" in text
     assert batch_label(100, Method.bgd, 0.12) in text
     ticks = [t.get_text() for ax in fig.axes for t in ax.yaxis.get_ticklabels(which="both")]
