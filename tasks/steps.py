@@ -338,7 +338,7 @@ def publish_sweep(
     )
 
 
-@task(cache_policy=NO_CACHE, task_run_name="publish-trend")
+@task(cache_policy=NO_CACHE, task_run_name="publish-trend", timeout_seconds=time_limit(0))
 def publish_trend(key: str, subject: str, rows: list[dict[str, Any]]) -> None:
     """Publish the trend of the last runs: each method's final loss plotted, and their table."""
     from tasks.report import trend  # matplotlib: only when a trend is drawn
