@@ -11,7 +11,12 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.comparison import gd_comparison
@@ -61,13 +66,16 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     run = RunParams(preset="tutorial", data_dir=data_dir)
     sweep = SweepParams(lrs=[0.01, 0.2], batch_sizes=[1, 10, "n"], seeds=[0, 1], data_dir=data_dir)
     with local_server() as api, temporary_settings({PREFECT_API_URL: api}):
-        gd_comparison(params=run)
-        gd_sweep(params=sweep)
-        with get_client(sync_client=True) as client:
+        runs = [
+            gd_comparison(params=run, return_state=True).state_details.flow_run_id,
+            gd_sweep(params=sweep, return_state=True).state_details.flow_run_id,
+        ]
+        with get_client(sync_client=True) as client:  # these runs' (the database may be shared)
             found = client.read_artifacts(
                 artifact_filter=ArtifactFilter(
                     key=ArtifactFilterKey(any_=[COMPARISON_KEY, SWEEP_KEY])
-                )
+                ),
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)),
             )
         yield {
             "base": api.removesuffix("/api"),
