@@ -187,7 +187,6 @@ def _prefect_server(host: str, port: int, quiet: bool = False) -> Iterator[subpr
     runs, which starts once the server answers; its output on this terminal, or discarded if
     quiet. Stopped at the end: asked to shut down, killed after SERVER_STOP_TIMEOUT_S; and
     stopped by the kernel if this process is killed."""
-    check_prefect_home()
     api_url = f"http://{host}:{port}/api"
     env = {
         **os.environ,
@@ -306,6 +305,7 @@ def check_address(host: str, port: int) -> None:
 def run_server(host: str, port: int) -> int:
     """Run `prefect server start` on host:port until interrupted; print where its UI is."""
     check_address(host, port)
+    check_prefect_home()  # a run or sweep checks it in describe_target, before it says where
     address = f"http://{host}:{port}"
     api_url = f"{address}/api"
     try:
