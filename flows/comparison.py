@@ -12,9 +12,9 @@ from prefect.runtime import flow_run
 from flows.trend import publish_run_trend
 from tasks.data.dataset import DatasetRef
 from tasks.data.userfile import stat_source
-from tasks.params import RunParams
+from tasks.params import MAX_SAMPLES, RunParams
 from tasks.paths import resolve_data_dir
-from tasks.policies import in_data_dir, time_limit
+from tasks.policies import REPORT_LIMIT_S, in_data_dir, time_box, time_limit
 from tasks.steps import (
     RunReport,
     generate_dataset,
@@ -71,8 +71,8 @@ def prepare_data(params: RunParams, data_dir: Path) -> DatasetRef:
     return dataset
 
 
-# No time limit of its own: a fixed one cannot fit every run's size; each task has a limit sized
-# from its work, and the flow run ends when they do. No retries: a failed run is looked at.
+# Each stage has a time limit sized from its work (time_box), as each task has. No retries: a
+# failed run is looked at.
 @flow(name="gd-comparison", flow_run_name=_run_name, persist_result=False)
 def gd_comparison(params: RunParams | None = None) -> RunResult:
     """Compare batch, stochastic and mini-batch gradient descent on one data set."""
@@ -83,16 +83,20 @@ def gd_comparison(params: RunParams | None = None) -> RunResult:
     data_dir = resolve_data_dir(params.data_dir)
     _tag_run(params)
 
-    # 1. the data: generated, or the user's file copied in
-    dataset = prepare_data(params, data_dir)
-    # 2. one training per method, concurrently
+    # 1. the data: generated, or the user's file copied in (its size is known once it is read)
+    rows = MAX_SAMPLES if params.data else params.n_samples
+    with time_box(time_limit(rows, passes=2), "preparing the data"):
+        dataset = prepare_data(params, data_dir)
     limit = time_limit(dataset.file.rows, params.epochs, params.engine)  # the run's own size
-    train = in_data_dir(train_method, data_dir, params.refresh).with_options(timeout_seconds=limit)
-    specs = [params.method_spec(method, dataset.file.rows) for method in params.methods]
-    runs = [train.submit(dataset, spec, str(data_dir)) for spec in specs]
-    results = [run.result() for run in runs]
-    # 3. the figure, tables and artifacts
-    report = publish_report(dataset, results, params, str(data_dir))
-    # 4. this run's results on the server, and the trend of the last runs like it
-    publish_run_trend(dataset, report, params)
+    with time_box(limit + REPORT_LIMIT_S + time_limit(0), "training and publishing"):
+        # 2. one training per method, concurrently
+        train = in_data_dir(train_method, data_dir, params.refresh)
+        train = train.with_options(timeout_seconds=limit)
+        specs = [params.method_spec(method, dataset.file.rows) for method in params.methods]
+        runs = [train.submit(dataset, spec, str(data_dir)) for spec in specs]
+        results = [run.result() for run in runs]
+        # 3. the figure, tables and artifacts
+        report = publish_report(dataset, results, params, str(data_dir))
+        # 4. this run's results on the server, and the trend of the last runs like it
+        publish_run_trend(dataset, report, params)
     return RunResult(**report.model_dump(), flow_run_name=flow_run.name, data_dir=str(data_dir))

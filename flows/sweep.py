@@ -16,7 +16,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tasks.errors import InputError
 from tasks.params import SweepParams
 from tasks.paths import resolve_data_dir
-from tasks.policies import in_data_dir, time_limit
+from tasks.policies import in_data_dir, time_box, time_limit
 from tasks.steps import SweepReport, generate_dataset, publish_sweep, train_method
 
 _ADDRESS = re.compile(r"^(tcp|tls)://[^\s/:]+:\d+$")
@@ -37,33 +37,37 @@ def _run_name() -> str:
     return f"sweep-n{params.n_samples}-e{params.epochs}-{shape}-{flow_run.id[:6]}"
 
 
-# As gd_comparison: no time limit of its own (its tasks' are sized from their work), no retries.
+# As gd_comparison: each stage has a time limit sized from its work, no retries.
 @flow(name="gd-sweep", flow_run_name=_run_name, persist_result=False)
 def gd_sweep(params: SweepParams | None = None) -> SweepResult:
     """Train every step size x batch size x seed and publish where each converges."""
     params = params or SweepParams()
     data_dir = resolve_data_dir(params.data_dir)
+    cells = params.cells()
 
     # 1. one data set per seed, generated concurrently (or read from the cache)
-    generate = in_data_dir(generate_dataset, data_dir, params.refresh)
-    pending = {
-        seed: generate.submit(params.data_spec(seed), str(data_dir)) for seed in params.seeds
-    }
-    datasets = {seed: run.result() for seed, run in pending.items()}
-    # 2. one training per cell
-    cells = params.cells()
-    limit = time_limit(params.n_samples, params.epochs, params.engine)  # the sweep's own size
-    train = in_data_dir(train_method, data_dir, params.refresh).with_options(timeout_seconds=limit)
-    runs = [
-        train.with_options(task_run_name=f"train-{cell.label}").submit(
-            datasets[cell.seed], params.method_spec(cell.lr, cell.batch_size), str(data_dir)
-        )
-        for cell in cells
-    ]
-    results = [run.result() for run in runs]
+    with time_box(time_limit(params.n_samples * len(params.seeds)), "generating the data"):
+        generate = in_data_dir(generate_dataset, data_dir, params.refresh)
+        pending = {
+            seed: generate.submit(params.data_spec(seed), str(data_dir)) for seed in params.seeds
+        }
+        datasets = {seed: run.result() for seed, run in pending.items()}
+    # 2. one training per cell; the stage's limit allows for them running one after another
+    limit = time_limit(params.n_samples, params.epochs, params.engine)  # one cell's own size
+    everything = time_limit(params.n_samples * len(cells), params.epochs, params.engine)
+    with time_box(everything, "training the cells"):
+        train = in_data_dir(train_method, data_dir, params.refresh)
+        train = train.with_options(timeout_seconds=limit)
+        runs = [
+            train.with_options(task_run_name=f"train-{cell.label}").submit(
+                datasets[cell.seed], params.method_spec(cell.lr, cell.batch_size), str(data_dir)
+            )
+            for cell in cells
+        ]
+        results = [run.result() for run in runs]
     reused = sum(run.state.name == "Cached" for run in runs)
     get_run_logger().info("%d runs, %d of them from the cache", len(cells), reused)
-    # 3. the heat map, tables and artifacts
+    # 3. the heat map, tables and artifacts (its task has its own limit)
     publish = publish_sweep.with_options(timeout_seconds=time_limit(len(cells), params.epochs + 1))
     report = publish(cells, results, datasets, params, str(data_dir))
     return SweepResult(

@@ -25,3 +25,7 @@ class BrokenEnvironment(GdflowError):
 
 class CorruptFileError(GdflowError):
     """A stored file's content does not match the hash recorded when it was written."""
+
+
+class RunTimeout(GdflowError, TimeoutError):
+    """A stage of a flow run went on past the time limit sized from its work."""

@@ -15,7 +15,8 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,9 +32,10 @@ from prefect.states import State
 from prefect.task_engine import TaskRunTimeoutError
 from prefect.tasks import Task, exponential_backoff
 from prefect.transactions import IsolationLevel
+from prefect.utilities.timeout import timeout
 
 from tasks.digest import code_version, stable_digest
-from tasks.errors import GdflowError
+from tasks.errors import GdflowError, RunTimeout
 from tasks.paths import cache_dir
 from tasks.storage import find_damage
 
@@ -194,6 +196,8 @@ def intact_output(output: Callable[..., Path]) -> IntactOutput:
 # 3x that on a GPU). A limit stops a task that hangs, never a large run.
 TIMEOUT_FLOOR_S = 600.0
 SECONDS_PER_ROW_PASS = {"fast": 1e-6, "reference": 2e-4}
+# A report's work is bounded (at most 3 x MAX_EPOCHS history rows): seconds to a minute.
+REPORT_LIMIT_S = 1800.0
 
 
 _TRANSIENT_ERRNOS = {
@@ -225,6 +229,25 @@ logging.getLogger("prefect.task_runs").addFilter(_NoThreadTimeoutNotice())
 def time_limit(rows: int, passes: int = 1, engine: str = "fast") -> float:
     """A task's timeout_seconds, sized from its work: `passes` over `rows` rows."""
     return TIMEOUT_FLOOR_S + rows * passes * SECONDS_PER_ROW_PASS[engine]
+
+
+class _StageOverrun(TimeoutError):
+    """Raised by Prefect's timeout in a time_box, and turned into RunTimeout there."""
+
+
+@contextmanager
+def time_box(seconds: float, stage: str) -> Iterator[None]:
+    """Bound a stage of a flow run: past `seconds`, it ends with RunTimeout, which Prefect marks
+    TimedOut. A flow's own timeout_seconds is fixed when it is decorated; a box is sized from
+    each run's parameters. It also ends a run whose tasks never start (a Dask cluster lost)."""
+    try:
+        with timeout(seconds=seconds, timeout_exc_type=_StageOverrun):
+            yield
+    except _StageOverrun:
+        raise RunTimeout(
+            f"{stage} went on past its time limit of {seconds:,.0f} s, sized from its work; "
+            "the run's task runs in the Prefect UI show which step did not finish"
+        ) from None
 
 
 def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:

@@ -32,7 +32,7 @@ from tasks.data.userfile import SourceFile, ingest
 from tasks.digest import code_version, stable_digest
 from tasks.history import MethodResult, read_history, write_history
 from tasks.params import MAX_SAMPLES, Cell, DataSpec, MethodSpec, RunParams, SweepParams
-from tasks.policies import RETRY_IO, intact_output, time_limit
+from tasks.policies import REPORT_LIMIT_S, RETRY_IO, intact_output, time_limit
 from tasks.storage import FileRecord, read_manifest, write_bytes_atomic, write_parquet
 
 # A training reports its progress once it has worked this long: a short one's log is its result.
@@ -225,12 +225,11 @@ def _figure_is_current(files: paths.ReportFiles, inputs: str) -> bool:
         return False
 
 
-# Reads the histories and writes the figure (retried on I/O errors). Its work is bounded, at
-# most 3 x MAX_EPOCHS history rows: seconds to a minute, and a loss table for the server.
+# Reads the histories and writes the figure and tables (retried on I/O errors).
 @task(
     cache_policy=NO_CACHE,
     task_run_name="publish-report",
-    timeout_seconds=1800,
+    timeout_seconds=REPORT_LIMIT_S,
     **RETRY_IO,
 )
 def publish_report(
