@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from tasks.params import Method, MethodSpec
+from tasks.training import kernels, shuffle
+from tasks.training.shuffle import RowShuffle
 
 # Data sets up to this size (x and y as float32) are held in memory by training; larger ones
 # stream from disk on every pass, in bounded memory.
 IN_MEMORY_BYTES = 1 << 30
-# Rows per piece when a shuffled epoch gathers its points.
-GATHER_ROWS = 1 << 20
 
 Chunk = tuple[np.ndarray, np.ndarray]
 
@@ -24,7 +24,8 @@ class Visits:
     """The training data as an epoch visits it.
 
     `chunks(epoch, multiple)` yields that epoch's (x, y) in visiting order, in pieces whose
-    lengths are multiples of `multiple` (all but the last). `fixed`: every epoch visits the
+    lengths are multiples of `multiple` (all but the last); a piece may be a view of a buffer
+    that the next piece reuses. `fixed`: every epoch visits the
     points in the same order.
     """
 
@@ -39,14 +40,21 @@ def shuffled(spec: MethodSpec) -> bool:
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The order in which a shuffled epoch visits the n points."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+    """The order in which a shuffled epoch visits the n points: the row numbers as RowShuffle,
+    which also serves the fast engine's shuffled epochs, moves them (tasks.training.shuffle)."""
+    order = np.empty(n, np.int64)
+    done = 0
+    for piece in RowShuffle(np.arange(n, dtype=np.int64)).pieces(seed, epoch):
+        order[done : done + piece.shape[0]] = piece
+        done += piece.shape[0]
+    return order
 
 
 def aligned(chunks: Iterable[Chunk], multiple: int) -> Iterator[Chunk]:
     """The same points in pieces whose lengths are multiples of `multiple`, all but the last.
 
-    Only the few points that straddle two pieces are copied.
+    Only the few points that straddle two pieces are copied, when they are set aside: a piece
+    may be a buffer that the next one overwrites.
     """
     carry: Chunk | None = None
     for x, y in chunks:
@@ -62,25 +70,29 @@ def aligned(chunks: Iterable[Chunk], multiple: int) -> Iterator[Chunk]:
         if whole:
             yield x[:whole], y[:whole]
         if whole < x.shape[0]:
-            carry = (x[whole:], y[whole:])
+            carry = (x[whole:].copy(), y[whole:].copy())
     if carry is not None:
         yield carry
 
 
 def array_visits(x: np.ndarray, y: np.ndarray, spec: MethodSpec) -> Visits:
-    """In-memory data: visited in stored order, or gathered piece by piece in epoch order."""
+    """In-memory data: visited in stored order, or shuffled piece by piece in epoch order.
+
+    Loads the shuffle's kernels, and those the fast engine runs on its pieces, for a shuffled
+    epoch before any clock starts.
+    """
     n = x.shape[0]
     if not shuffled(spec):
         return Visits(n, lambda _epoch, _multiple: [(x, y)], fixed=True)
+    dtype = str(np.result_type(x.dtype, y.dtype))
+    shuffle.warm_up(dtype)
+    kernels.warm_up(dtype, pieces=True)
+    rows = RowShuffle(x, y)
 
-    def gathered(epoch: int, multiple: int) -> Iterator[Chunk]:
-        order = epoch_order(n, spec.shuffle_seed, epoch)
-        step = max(1, GATHER_ROWS // multiple) * multiple
-        for lo in range(0, n, step):
-            idx = order[lo : lo + step]
-            yield x[idx], y[idx]
+    def shuffled_chunks(epoch: int, multiple: int) -> Iterator[Chunk]:
+        return aligned(rows.columns(spec.shuffle_seed, epoch), multiple)
 
-    return Visits(n, gathered, fixed=False)
+    return Visits(n, shuffled_chunks, fixed=False)
 
 
 def stream_visits(n: int, read: Callable[[], Iterable[Chunk]]) -> Visits:

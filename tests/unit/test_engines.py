@@ -12,7 +12,7 @@ import torch
 from tasks.errors import InputError
 from tasks.params import Method, RunParams
 from tasks.stats import moments
-from tasks.training import kernels
+from tasks.training import kernels, shuffle
 from tasks.training.kernels import batch_pass, point_pass, warm_up
 from tasks.training.methods import train, train_visits
 from tasks.training.reference import check_device
@@ -89,6 +89,31 @@ def test_divergent_minibatch_runs_update_by_update_like_the_loop(lr: float) -> N
     assert np.array_equal(history.b, bs, equal_nan=True)
 
 
+@pytest.mark.parametrize("n", [1024, 5_000, 300_001])
+def test_float32_map_kernel_gives_the_general_kernels_maps(n: int) -> None:
+    x, y = line_data(n, "float32", seed=5)
+    assert kernels.sgd_maps(x, y) is kernels.point_maps_f32
+    assert kernels.sgd_maps(x.astype(np.float64), y.astype(np.float64)) is kernels.point_maps
+    assert kernels.sgd_maps(x[::2], y[::2]) is kernels.point_maps
+    general, f32 = np.empty((2, -(-n // kernels.SEGMENT), 6))
+    kernels.point_maps(x, y, 0.005, general)
+    kernels.point_maps_f32(x, y, 0.005, f32)
+    np.testing.assert_allclose(f32, general, rtol=1e-13, atol=1e-15)
+
+
+def test_aligned_pieces_survive_a_reused_buffer() -> None:
+    x = np.arange(100, dtype=np.float32)
+    buffer = np.empty(30, dtype=np.float32)
+
+    def pieces():
+        for lo in range(0, 100, 30):
+            buffer[: min(30, 100 - lo)] = x[lo : lo + 30]
+            yield buffer[: min(30, 100 - lo)], buffer[: min(30, 100 - lo)]
+
+    out = [p[0].copy() for p in aligned(pieces(), 8)]
+    assert np.array_equal(np.concatenate(out), x)
+
+
 def test_aligned_pieces_keep_every_point_in_order() -> None:
     x = np.arange(100, dtype=np.float32)
     pieces = [(x[lo:hi], -x[lo:hi]) for lo, hi in [(0, 13), (13, 14), (14, 60), (60, 100)]]
@@ -123,7 +148,8 @@ def test_streamed_pieces_give_the_in_memory_history_exactly(
 def test_training_on_pieces_read_from_a_file_compiles_nothing_after_warm_up() -> None:
     """Pieces read from a file are read-only arrays; compiling for them would be timed."""
     warm_up("float32")
-    compiled = [kernels.point_maps, kernels.batch_maps, kernels.point_pass, kernels.batch_pass]
+    compiled = [kernels.point_maps, kernels.point_maps_f32, kernels.batch_maps]
+    compiled += [kernels.point_pass, kernels.batch_pass]
     before = [len(k.signatures) for k in compiled]
     x, y = line_data(5_000, "float32")
     x.flags.writeable = y.flags.writeable = False
@@ -164,14 +190,24 @@ def test_bgd_never_reads_the_data() -> None:
     assert np.array_equal(history.w, train(x, y, make_spec(Method.bgd, 0.1)).w)
 
 
-def test_shuffled_visits_gather_each_epoch_in_its_order() -> None:
-    x, y = line_data(5_000)
-    spec = make_spec(Method.sgd, 0.01, shuffle=True, shuffle_seed=3)
-    visits = array_visits(x, y, spec)
-    (first, _), *_ = visits.chunks(1, 1024)
-    assert not visits.fixed
-    assert np.array_equal(np.sort(first), np.sort(x))
-    assert not np.array_equal(first, x)
+def test_shuffled_training_compiles_nothing_after_its_visits_warm_up() -> None:
+    """Setting up shuffled visits, before the clock starts, loads every kernel an epoch runs."""
+    x, y = line_data(5_000, "float32")
+    x.flags.writeable = y.flags.writeable = False
+    compiled = [kernels.point_maps, kernels.point_maps_f32, kernels.batch_maps]
+    compiled += [kernels.point_pass, kernels.batch_pass]
+    compiled += [shuffle.scatter_columns, shuffle.scatter_rows, shuffle.fisher_yates]
+    for method, lr, batch_size in [
+        (Method.sgd, 0.01, 1),
+        (Method.sgd, 0.06, 1),
+        (Method.minibatch, 0.01, 7),
+    ]:
+        spec = make_spec(method, lr, epochs=2, batch_size=batch_size, dtype="float32")
+        spec = spec.model_copy(update={"shuffle": True})
+        visits = array_visits(x, y, spec)
+        before = [len(k.signatures) for k in compiled]
+        train_visits(visits, spec, moments(x, y), batch_lambda=1.0)
+        assert [len(k.signatures) for k in compiled] == before
 
 
 COMPARED_AT_SCALE = [
@@ -179,6 +215,7 @@ COMPARED_AT_SCALE = [
     (Method.bgd, 0.1, 1, False, "float32", 5),
     (Method.minibatch, 0.02, 100, False, "float64", 1),
     (Method.minibatch, 0.02, 70, True, "float32", 1),
+    (Method.minibatch, 0.02, 70, True, "float64", 2),
     (Method.sgd, 0.01, 1, False, "float64", 1),
     (Method.sgd, 0.01, 1, False, "float32", 1),
 ]
