@@ -1,4 +1,5 @@
-"""The sweep flow: one training per step size x batch size x seed, fanned out on a task runner."""
+"""The sweep flow: one training per step size x batch size x seed, in batches fanned out on a
+task runner."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -17,9 +19,11 @@ from tasks.errors import InputError
 from tasks.params import SweepParams
 from tasks.paths import resolve_data_dir
 from tasks.policies import in_data_dir, time_box, time_limit
-from tasks.steps import SweepReport, generate_dataset, publish_sweep, train_method
+from tasks.steps import SweepReport, generate_dataset, publish_sweep, train_cells
 
 _ADDRESS = re.compile(r"^(tcp|tls)://[^\s/:]+:\d+$")
+# Task runs per worker thread that trains cells: enough to even out cells of unequal work.
+BATCHES_PER_SLOT = 2
 
 
 class SweepResult(SweepReport):
@@ -37,6 +41,12 @@ def _run_name() -> str:
     return f"sweep-n{params.n_samples}-e{params.epochs}-{shape}-{flow_run.id[:6]}"
 
 
+def _slots() -> int:
+    """How many cells can train at once: the Dask cluster's worker threads, else CPU cores."""
+    client = getattr(FlowRunContext.get().task_runner, "client", None)  # a Dask runner's
+    return sum(client.nthreads().values()) if client is not None else os.cpu_count() or 1
+
+
 # As gd_comparison: each stage has a time limit sized from its work, no retries.
 @flow(name="gd-sweep", flow_run_name=_run_name, persist_result=False)
 def gd_sweep(params: SweepParams | None = None) -> SweepResult:
@@ -52,20 +62,28 @@ def gd_sweep(params: SweepParams | None = None) -> SweepResult:
             seed: generate.submit(params.data_spec(seed), str(data_dir)) for seed in params.seeds
         }
         datasets = {seed: run.result() for seed, run in pending.items()}
-    # 2. one training per cell; the stage's limit allows for them running one after another
-    limit = time_limit(params.n_samples, params.epochs, params.engine)  # one cell's own size
+    # 2. the cells in a few batches per worker, each cell cached on its own (train_cells)
+    count = min(len(cells), BATCHES_PER_SLOT * _slots())
+    batches = [cells[i::count] for i in range(count)]  # interleaved: alike in their work
     everything = time_limit(params.n_samples * len(cells), params.epochs, params.engine)
     with time_box(everything, "training the cells"):
-        train = in_data_dir(train_method, data_dir, params.refresh)
-        train = train.with_options(timeout_seconds=limit)
         runs = [
-            train.with_options(task_run_name=f"train-{cell.label}").submit(
-                datasets[cell.seed], params.method_spec(cell.lr, cell.batch_size), str(data_dir)
+            train_cells.with_options(
+                task_run_name=f"train-{len(batch)}-cells-{i + 1}of{count}",
+                timeout_seconds=time_limit(
+                    params.n_samples * len(batch), params.epochs, params.engine
+                ),
+            ).submit(
+                [(datasets[c.seed], params.method_spec(c.lr, c.batch_size)) for c in batch],
+                str(data_dir),
+                params.refresh,
             )
-            for cell in cells
+            for i, batch in enumerate(batches)
         ]
-        results = [run.result() for run in runs]
-    reused = sum(run.state.name == "Cached" for run in runs)
+        done = [run.result() for run in runs]
+    outcomes = [done[i % count][i // count] for i in range(len(cells))]
+    results = [outcome.result for outcome in outcomes]
+    reused = sum(outcome.cached for outcome in outcomes)
     get_run_logger().info("%d runs, %d of them from the cache", len(cells), reused)
     # 3. the heat map, tables and artifacts (its task has its own limit)
     publish = publish_sweep.with_options(timeout_seconds=time_limit(len(cells), params.epochs + 1))

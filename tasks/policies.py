@@ -27,7 +27,9 @@ from prefect import get_run_logger
 from prefect.cache_policies import CachePolicy
 from prefect.client.schemas.objects import TaskRun
 from prefect.context import TaskRunContext
+from prefect.filesystems import LocalFileSystem
 from prefect.locking.protocol import LockManager
+from prefect.results import ResultStore
 from prefect.states import State
 from prefect.task_engine import TaskRunTimeoutError
 from prefect.tasks import Task, exponential_backoff
@@ -67,15 +69,25 @@ class IntactOutput(CachePolicy):
         flow_parameters: dict[str, Any],
         **kwargs: Any,
     ) -> str | None:
-        key = stable_digest(task_ctx.task.name, inputs, code_version())
-        if self.output is None:
-            return key
-        target = self.output(**inputs)
-        damage = find_damage(target)
-        if damage is None or not task_ctx.result_store.exists(key):
-            return key
-        get_run_logger().warning("%s %s; recomputing it", target, damage)
-        return None
+        key = run_key(task_ctx.task.name, inputs)
+        if self.output is not None and damaged(task_ctx.result_store, key, self.output(**inputs)):
+            return None
+        return key
+
+
+def run_key(task_name: str, inputs: dict[str, Any]) -> str:
+    """The cache key of a run of the task `task_name` with these inputs (IntactOutput's)."""
+    return stable_digest(task_name, inputs, code_version())
+
+
+def damaged(store: ResultStore, key: str, target: Path) -> bool:
+    """Whether `store` holds a record for `key` but `target`, the file of that run, is damaged
+    (with a warning that it is computed again)."""
+    damage = find_damage(target)
+    if damage is None or not store.exists(key):
+        return False
+    get_run_logger().warning("%s %s; recomputing it", target, damage)
+    return True
 
 
 def _flock(fd: int, operation: int, timeout: float | None) -> bool:
@@ -179,6 +191,13 @@ def in_data_dir(task: Any, data_dir: Path, refresh: bool = False) -> Any:
     Refresh only on purpose: it makes identical runs started together each compute.
     """
     return task.with_options(result_storage=cache_dir(data_dir), refresh_cache=refresh)
+
+
+def records(data_dir: Path) -> ResultStore:
+    """The cache records of the tasks run in_data_dir(data_dir), with the locks they run under:
+    for writing a task's records from outside its runs (a sweep's batches of trainings)."""
+    storage = LocalFileSystem(basepath=str(cache_dir(data_dir)))
+    return ResultStore(result_storage=storage, lock_manager=FlockLockManager())
 
 
 def intact_output(output: Callable[..., Path]) -> IntactOutput:

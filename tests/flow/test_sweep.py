@@ -58,19 +58,28 @@ def _newest_artifact(key: str) -> Any:
     return max(found, key=lambda a: a.created)
 
 
+def _written(path: str) -> tuple[int, int]:
+    stat = Path(path).stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
 @pytest.mark.usefixtures("prefect_api")
 def test_sweep_reuses_the_cells_a_run_computed_and_publishes_its_report(tmp_path) -> None:
-    assert gd_comparison(params=RunParams(data_dir=str(tmp_path)), return_state=True).is_completed()
+    run = gd_comparison(params=RunParams(data_dir=str(tmp_path)), return_state=True)
+    # the defaults of `gdflow run` (bgd 0.1, sgd 0.01, mini-batch 0.02 in batches of 10) are cells
+    run_histories = {r.history: _written(r.history) for r in run.result().methods.values()}
     state = gd_sweep(params=SweepParams(data_dir=str(tmp_path), **SMALL), return_state=True)
     assert state.is_completed(), state.message
     states = _task_states(state)
-    # the defaults of `gdflow run`: bgd 0.1, sgd 0.01, mini-batch 0.02 in batches of 10
-    same_as_run = {"train-b1-lr0.01-seed0", "train-b10-lr0.02-seed0", "train-b100-lr0.1-seed0"}
+    # the 9 cells train in a few task runs, named for what they hold
     trains = {name: s for name, s in states.items() if name.startswith("train-")}
-    assert len(trains) == 9
-    assert {trains[name] for name in same_as_run} == {"Cached"}
-    assert {s for name, s in trains.items() if name not in same_as_run} == {"Completed"}
+    assert 1 < len(trains) < 9
+    sizes = [re.fullmatch(rf"train-(\d+)-cells-\d+of{len(trains)}", name) for name in trains]
+    assert sum(int(match[1]) for match in sizes if match) == 9
+    assert set(trains.values()) == {"Completed"}
     assert states["generate-n100-seed0"] == "Cached"
+    # the run's three cells were read back, their histories untouched
+    assert {path: _written(path) for path in run_histories} == run_histories
 
     result = state.result().model_dump()
     assert (result["cells"], result["cached"], result["diverged"]) == (9, 3, 1)
@@ -95,6 +104,17 @@ def test_sweep_reuses_the_cells_a_run_computed_and_publishes_its_report(tmp_path
     assert len(cells) == 9
     assert {c["method"] for c in cells} == {"sgd", "minibatch", "bgd"}
 
+    # one step size more: only its cells are computed
+    wider = SweepParams(data_dir=str(tmp_path), **{**SMALL, "lrs": [*SMALL["lrs"], 0.05]})
+    again = gd_sweep(params=wider, return_state=True).result().model_dump()
+    assert (again["cells"], again["cached"]) == (12, 9)
+    # a cell whose history is lost is trained again, and only that one
+    lost = next(iter(run_histories))
+    Path(lost).unlink()
+    again = gd_sweep(params=wider, return_state=True).result().model_dump()
+    assert (again["cells"], again["cached"]) == (12, 11)
+    assert Path(lost).is_file()
+
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_api")
@@ -114,7 +134,7 @@ def test_sweep_on_a_dask_cluster_of_two_worker_processes(tmp_path) -> None:
     assert state.is_completed(), state.message
     on_dask = state.result().model_dump()
     assert on_dask["cells"] == 8
-    workers = {t["worker"] for t in stream.data if "train_method" in t["key"]}
+    workers = {t["worker"] for t in stream.data if "train_cells" in t["key"]}
     assert len(workers) >= 2, workers
 
     # the workers wrote to the shared cache: the same sweep on threads reuses every cell
