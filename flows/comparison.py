@@ -15,13 +15,9 @@ from tasks.data.userfile import stat_source
 from tasks.params import MAX_SAMPLES, RunParams
 from tasks.paths import resolve_data_dir
 from tasks.policies import REPORT_LIMIT_S, in_data_dir, time_box, time_limit
-from tasks.steps import (
-    RunReport,
-    generate_dataset,
-    load_user_data,
-    publish_report,
-    train_method,
-)
+from tasks.steps.data import generate_dataset, load_user_data
+from tasks.steps.reports import RunReport, publish_report
+from tasks.steps.training import train_method
 
 
 class RunResult(RunReport):

@@ -19,7 +19,9 @@ from tasks.errors import InputError
 from tasks.params import SweepParams
 from tasks.paths import resolve_data_dir
 from tasks.policies import in_data_dir, time_box, time_limit
-from tasks.steps import SweepReport, generate_dataset, publish_sweep, train_cells
+from tasks.steps.data import generate_dataset
+from tasks.steps.reports import SweepReport, publish_sweep
+from tasks.steps.training import train_cells
 
 _ADDRESS = re.compile(r"^(tcp|tls)://[^\s/:]+:\d+$")
 # Task runs per worker thread that trains cells: enough to even out cells of unequal work.

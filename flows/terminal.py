@@ -1,7 +1,7 @@
 """What gdflow shows on the terminal: the tables of results and the trainings' progress bars.
 
 Once a training has worked long enough to report its progress, the training task
-(tasks.steps.ProgressReport) attaches its figures to its progress log records; a handler on
+(tasks.steps.training.ProgressReport) attaches its figures to its progress log records; a handler on
 Prefect's task-run logger draws them as bars, for the trainings a command runs in its own
 process. A bar goes when its training ends.
 """
@@ -158,7 +158,7 @@ def progress_bars(shown: bool) -> Iterator[None]:
     if not (shown and sys.stderr.isatty()):
         yield
         return
-    from tasks.steps import PROGRESS_FIELD  # Prefect: loaded with the run the bars show
+    from tasks.steps.training import PROGRESS_FIELD  # Prefect: loaded with the run the bars show
 
     logger = logging.getLogger("prefect.task_runs")
     handler = ProgressBars(PROGRESS_FIELD)

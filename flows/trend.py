@@ -36,7 +36,7 @@ from tasks.errors import InputError
 from tasks.params import PRESETS, RunParams
 from tasks.report.sweep_tables import floor_loss
 from tasks.report.tables import finite_or_none
-from tasks.steps import RunReport, publish_trend
+from tasks.steps.reports import RunReport, publish_trend
 from tasks.storage import atomic_path
 
 RESULTS_KEY = "gd-results"  # the table artifact of each run's results

@@ -26,9 +26,9 @@ from tasks.training.kernels import (
     batch_maps,
     batch_pass,
     mse,
+    point_maps,
     point_pass,
     run_epochs,
-    sgd_maps,
     stop,
 )
 from tasks.training.visits import Chunk, Visits
@@ -58,7 +58,7 @@ def epoch_maps(
             raise ValueError(f"the data holds more than the {n} points expected")
         out = maps[done : done + count]
         if spec.method is Method.sgd:
-            sgd_maps(x, y)(x, y, spec.lr, out)
+            point_maps(x, y, spec.lr, out)
         else:
             lam = max(lam, batch_maps(x, y, spec.lr, spec.batch_size, step // spec.batch_size, out))
         done += count

@@ -24,7 +24,6 @@ tasks on threads of one process run side by side.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 from numba import njit
@@ -127,44 +126,6 @@ def point_maps(x, y, lr, out):
     if full < out.shape[0]:
         m = _IDENTITY
         for k in range(full * SEGMENT, n):
-            m = _point_step(m, np.float64(x[k]), y[k], lr2)
-        for q in range(6):
-            out[full, q] = m[q]
-
-
-@njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def point_maps_f32(x, y, lr, out):
-    """point_maps for contiguous float32 columns, with lanes arranged for their loads.
-
-    Each SIMD lane builds the map of a run of two consecutive groups (the first group's map,
-    then the second's composed onto it), a segment's 64 runs side by side; then the runs are
-    composed in order. LLVM vectorises this well for contiguous float32 data only: there an
-    epoch's maps at 10^7 rows take 12 ms instead of point_maps' 16 (elsewhere point_maps is
-    the faster). The maps equal point_maps' up to rounding (about 1e-15).
-    """
-    lr2 = 2.0 * lr
-    span = 2 * _GROUP
-    runs = np.empty((6, SEGMENT // span))
-    for s in range(x.shape[0] // SEGMENT):
-        for half in range(2):
-            for r in range(SEGMENT // span):  # side by side in SIMD lanes
-                m = _IDENTITY
-                first = s * SEGMENT + r * span + half * _GROUP
-                for k in range(first, first + _GROUP):
-                    m = _point_step(m, np.float64(x[k]), np.float64(y[k]), lr2)
-                if half:
-                    m = _compose(m, _column(runs, r))
-                for q in range(6):
-                    runs[q, r] = m[q]
-        m = _column(runs, 0)
-        for r in range(1, SEGMENT // span):
-            m = _compose(_column(runs, r), m)
-        for q in range(6):
-            out[s, q] = m[q]
-    full = x.shape[0] // SEGMENT
-    if full < out.shape[0]:
-        m = _IDENTITY
-        for k in range(full * SEGMENT, x.shape[0]):
             m = _point_step(m, np.float64(x[k]), y[k], lr2)
         for q in range(6):
             out[full, q] = m[q]
@@ -295,18 +256,11 @@ def run_epochs(maps, stats, lr, first, last, rows, updates, per_epoch):
     return last, DONE
 
 
-def sgd_maps(x: np.ndarray, y: np.ndarray) -> Callable[..., None]:
-    """The faster SGD map kernel for these columns: point_maps_f32 or point_maps."""
-    if x.dtype == y.dtype == np.float32 and x.flags.c_contiguous and y.flags.c_contiguous:
-        return point_maps_f32
-    return point_maps
-
-
 def warm_up(dtype: str, pieces: bool = False) -> None:
     """Compile the kernels for data of this dtype, or load them from the on-disk cache.
 
     Training calls this before its clock starts, so its wall time is the training's alone:
-    loading takes about 0.4 to 0.9 s per process, a cold SGD epoch at 10^7 rows about 12 ms. Arrays
+    loading takes about 0.4 to 0.9 s per process, a cold SGD epoch at 10^7 rows 8 to 18 ms. Arrays
     read from a file are read-only, which numba compiles separately: both kinds are loaded
     (the second adds about 20 ms). `pieces`: also the strided views a shuffled epoch serves
     (the real and imaginary parts of complex rows, see tasks.training.shuffle).
@@ -319,7 +273,7 @@ def warm_up(dtype: str, pieces: bool = False) -> None:
     if pieces:
         columns.append(np.zeros(SEGMENT + 1, dtype=np.result_type(dtype, np.complex64)).real)
     for x in columns:
-        sgd_maps(x, x)(x, x, 0.0, np.empty((2, 6)))
+        point_maps(x, x, 0.0, np.empty((2, 6)))
         batch_maps(x, x, 0.0, 2, 2, np.empty((SEGMENT // 4 + 1, 6)))
         point_pass(x, x, 0.0, 0.0, 0.0)
         batch_pass(x, x, 0.0, 0.0, 0.0, 2)

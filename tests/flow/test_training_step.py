@@ -17,10 +17,10 @@ from prefect.client.schemas.filters import (
 )
 from prefect.logging.handlers import APILogWorker
 
-from tasks import steps
 from tasks.data.dataset import DatasetRef, load_columns, stream_columns
 from tasks.data.synthetic import write_synthetic
 from tasks.params import Method, MethodSpec
+from tasks.steps import training
 from tasks.training import visits
 from tasks.training.methods import train_stored
 from tasks.training.visits import streams_rows
@@ -77,11 +77,11 @@ def test_shuffled_and_reference_runs_hold_the_data_in_memory(dataset, monkeypatc
 def test_training_logs_progress_and_publishes_a_progress_artifact(
     dataset, tmp_path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(steps, "SHOW_PROGRESS_AFTER_S", 0.0)
+    monkeypatch.setattr(training, "SHOW_PROGRESS_AFTER_S", 0.0)
 
     @flow
     def train_one() -> None:
-        uncached = steps.train_method.with_options(cache_policy=NO_CACHE, persist_result=False)
+        uncached = training.train_method.with_options(cache_policy=NO_CACHE, persist_result=False)
         uncached(dataset, method(Method.sgd, epochs=20), str(tmp_path))
 
     state = train_one(return_state=True)

@@ -22,12 +22,8 @@ from tasks.errors import CorruptFileError, InputError
 from tasks.params import RunParams
 from tasks.paths import PROJECT_ROOT
 from tasks.policies import is_transient
-from tasks.steps import (
-    DIVERGED_EVENT,
-    generate_dataset,
-    load_user_data,
-    train_method,
-)
+from tasks.steps.data import generate_dataset, load_user_data
+from tasks.steps.training import DIVERGED_EVENT, train_method
 from tests.system.test_deployment import prefect
 from tests.system.test_serving import start_gdflow, stop, wait_for
 

@@ -89,18 +89,6 @@ def test_divergent_minibatch_runs_update_by_update_like_the_loop(lr: float) -> N
     assert np.array_equal(history.b, bs, equal_nan=True)
 
 
-@pytest.mark.parametrize("n", [1024, 5_000, 300_001])
-def test_float32_map_kernel_gives_the_general_kernels_maps(n: int) -> None:
-    x, y = line_data(n, "float32", seed=5)
-    assert kernels.sgd_maps(x, y) is kernels.point_maps_f32
-    assert kernels.sgd_maps(x.astype(np.float64), y.astype(np.float64)) is kernels.point_maps
-    assert kernels.sgd_maps(x[::2], y[::2]) is kernels.point_maps
-    general, f32 = np.empty((2, -(-n // kernels.SEGMENT), 6))
-    kernels.point_maps(x, y, 0.005, general)
-    kernels.point_maps_f32(x, y, 0.005, f32)
-    np.testing.assert_allclose(f32, general, rtol=1e-13, atol=1e-15)
-
-
 def test_aligned_pieces_survive_a_reused_buffer() -> None:
     x = np.arange(100, dtype=np.float32)
     buffer = np.empty(30, dtype=np.float32)
@@ -148,7 +136,7 @@ def test_streamed_pieces_give_the_in_memory_history_exactly(
 def test_training_on_pieces_read_from_a_file_compiles_nothing_after_warm_up() -> None:
     """Pieces read from a file are read-only arrays; compiling for them would be timed."""
     warm_up("float32")
-    compiled = [kernels.point_maps, kernels.point_maps_f32, kernels.batch_maps]
+    compiled = [kernels.point_maps, kernels.batch_maps]
     compiled += [kernels.point_pass, kernels.batch_pass]
     before = [len(k.signatures) for k in compiled]
     x, y = line_data(5_000, "float32")
@@ -194,7 +182,7 @@ def test_shuffled_training_compiles_nothing_after_its_visits_warm_up() -> None:
     """Setting up shuffled visits, before the clock starts, loads every kernel an epoch runs."""
     x, y = line_data(5_000, "float32")
     x.flags.writeable = y.flags.writeable = False
-    compiled = [kernels.point_maps, kernels.point_maps_f32, kernels.batch_maps]
+    compiled = [kernels.point_maps, kernels.batch_maps]
     compiled += [kernels.point_pass, kernels.batch_pass]
     compiled += [shuffle.scatter_columns, shuffle.scatter_rows, shuffle.fisher_yates]
     for method, lr, batch_size in [
