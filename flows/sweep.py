@@ -76,7 +76,10 @@ def gd_sweep(params: SweepParams | None = None) -> SweepResult:
                     params.n_samples * len(batch), params.epochs, params.engine
                 ),
             ).submit(
-                [(datasets[c.seed], params.method_spec(c.lr, c.batch_size)) for c in batch],
+                [
+                    (c.label, datasets[c.seed], params.method_spec(c.lr, c.batch_size))
+                    for c in batch
+                ],
                 str(data_dir),
                 params.refresh,
             )

@@ -93,15 +93,16 @@ class CellResult(BaseModel):
 # As train_method; gd_sweep sets its time limit from the batch's size.
 @task(cache_policy=NO_CACHE, persist_result=False)
 def train_cells(
-    cells: list[tuple[DatasetRef, MethodSpec]], data_dir: str, refresh: bool = False
+    cells: list[tuple[str, DatasetRef, MethodSpec]], data_dir: str, refresh: bool = False
 ) -> list[CellResult]:
-    """Train a batch of a sweep's cells, one after another, each cached as a train_method run
-    of its own: a cell that any run computed (and whose history is intact) is read back, the
-    others are trained and recorded under train_method's key, under the same lock. One task
-    run per batch: a Prefect task run costs 0.1 to 0.5 s, a cell's training milliseconds."""
+    """Train a batch of a sweep's (label, data set, method) cells, one after another, each
+    cached as a train_method run of its own: a cell that any run computed (and whose history is
+    intact) is read back, the others are trained and recorded under train_method's key, under
+    the same lock. One task run per batch: a Prefect task run costs 0.1 to 0.5 s, a cell's
+    training milliseconds."""
     store = records(Path(data_dir))
     results = []
-    for dataset, spec in cells:
+    for label, dataset, spec in cells:
         key = run_key(train_method.name, {"dataset": dataset, "spec": spec, "data_dir": data_dir})
         target = _history_file(dataset, spec, data_dir)
         store.acquire_lock(key)
@@ -109,16 +110,23 @@ def train_cells(
             if not refresh and store.exists(key) and not damaged(store, key, target):
                 results.append(CellResult(result=store.read(key).result, cached=True))
                 continue
-            result = _train(dataset, spec, data_dir)
+            result = _train(dataset, spec, data_dir, label)
             store.write(result, key=key)
             results.append(CellResult(result=result, cached=False))
         finally:
             store.release_lock(key)
+    cached = sum(r.cached for r in results)
+    get_run_logger().info(
+        "%d cells: %d trained, %d from the cache", len(cells), len(cells) - cached, cached
+    )
     return results
 
 
-def _train(dataset: DatasetRef, spec: MethodSpec, data_dir: str) -> MethodResult:
-    """Train one method on the stored data set and store its per-epoch history."""
+def _train(
+    dataset: DatasetRef, spec: MethodSpec, data_dir: str, label: str | None = None
+) -> MethodResult:
+    """Train one method on the stored data set and store its per-epoch history; its log lines
+    name it by `label` (a sweep's cell), else by its method."""
     from tasks.training.methods import train_stored  # numba: only when a method trains
 
     logger = get_run_logger()
@@ -135,7 +143,7 @@ def _train(dataset: DatasetRef, spec: MethodSpec, data_dir: str) -> MethodResult
     write_history(history, target, context)
     result = MethodResult.from_history(history, target)
     if result.diverged:
-        logger.warning("%s diverged: %s", result.method, result.reason)
+        logger.warning("%s diverged: %s", label or result.method, result.reason)
         emit_event(
             DIVERGED_EVENT,
             resource={"prefect.resource.id": f"prefect.flow-run.{flow_run.id}"},
@@ -154,7 +162,7 @@ def _train(dataset: DatasetRef, spec: MethodSpec, data_dir: str) -> MethodResult
         )
     logger.info(
         "%s: final loss %.6g, w = %.6g, b = %.6g after %s updates in %.3f s",
-        result.method,
+        label or result.method,
         result.final_loss,
         result.final_w,
         result.final_b,
