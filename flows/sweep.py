@@ -44,9 +44,11 @@ def _run_name() -> str:
 
 
 def _slots() -> int:
-    """How many cells can train at once: the Dask cluster's worker threads, else CPU cores."""
+    """How many cells can train at once: the Dask cluster's worker threads (at least 1: a
+    cluster may gain its workers later), else CPU cores."""
     client = getattr(FlowRunContext.get().task_runner, "client", None)  # a Dask runner's
-    return sum(client.nthreads().values()) if client is not None else os.cpu_count() or 1
+    slots = sum(client.nthreads().values()) if client is not None else os.cpu_count()
+    return slots or 1
 
 
 # As gd_comparison: each stage has a time limit sized from its work, no retries.
