@@ -68,7 +68,7 @@ def gd_sweep(params: SweepParams | None = None) -> SweepResult:
         datasets = {seed: run.result() for seed, run in pending.items()}
     # 2. the cells in a few batches per worker, each cell cached on its own (train_cells)
     count = min(len(cells), BATCHES_PER_SLOT * _slots())
-    batches = [cells[i::count] for i in range(count)]  # interleaved: alike in their work
+    batches = [cells[i::count] for i in range(count)]  # interleaved: similar in their work
     everything = time_limit(params.n_samples * len(cells), params.epochs, params.engine)
     with time_box(everything, "training the cells"):
         runs = [
