@@ -148,23 +148,18 @@ def optim_rate(x: np.ndarray, y: np.ndarray, lr: float) -> float:
     return x.shape[0] / best_time(epoch, 2)
 
 
-def sgd_regressor(lr: float, w0: float, b0: float, x: np.ndarray, y: np.ndarray) -> Any:
-    """scikit-learn's SGDRegressor set up to follow our per-point SGD from (w0, b0).
-
-    Its squared loss is half the MSE, so its step size is 2·lr. One partial_fit on the first
-    point initialises it; then (w, b) is set to (w0, b0).
-    """
+def plain_sgd(lr: float, **options: Any) -> Any:
+    """scikit-learn's SGDRegressor as plain SGD on the squared loss: constant step size 2·lr
+    (its loss is half the MSE), no penalty, no averaging, with an intercept."""
     from sklearn.linear_model import SGDRegressor
 
-    model = SGDRegressor(
-        eta0=2 * lr,
-        learning_rate="constant",
-        penalty=None,
-        alpha=0.0,
-        fit_intercept=True,
-        shuffle=False,
-        average=False,
-    )
+    return SGDRegressor(eta0=2 * lr, learning_rate="constant", penalty=None, alpha=0.0, **options)
+
+
+def sgd_regressor(lr: float, w0: float, b0: float, x: np.ndarray, y: np.ndarray) -> Any:
+    """scikit-learn's SGDRegressor set up to follow our per-point SGD from (w0, b0): one
+    partial_fit on the first point initialises it, then (w, b) is set to (w0, b0)."""
+    model = plain_sgd(lr, shuffle=False)
     model.partial_fit(x[:1, None], y[:1])
     model.coef_, model.intercept_ = np.array([w0]), np.array([b0])
     return model
@@ -186,18 +181,8 @@ def sklearn_shuffled_epoch(features: np.ndarray, target: np.ndarray, lr: float) 
     """Seconds for SGDRegressor.fit(shuffle=True, max_iter=1) from (w0, b0): one shuffled
     epoch as scikit-learn runs it, set-up included."""
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import SGDRegressor
 
-    model = SGDRegressor(
-        eta0=2 * lr,
-        learning_rate="constant",
-        penalty=None,
-        alpha=0.0,
-        shuffle=True,
-        max_iter=1,
-        tol=None,
-        random_state=0,
-    )
+    model = plain_sgd(lr, shuffle=True, max_iter=1, tol=None, random_state=0)
     init = {"coef_init": np.array([DEFAULTS.w0]), "intercept_init": np.array([DEFAULTS.b0])}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # one epoch is all we ask for

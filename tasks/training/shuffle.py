@@ -63,9 +63,9 @@ def _starts(m, key):
 
 
 @njit(cache=True, nogil=True)
-def scatter_columns(x, y, rows, key, stream):
-    """Rows (x_i, y_i) into `rows` (complex: x + i·y) by their buckets, drawn from stream
-    `stream` of `key`; returns the starts."""
+def scatter(x, y, rows, key, stream):
+    """Rows into `rows` by their buckets, drawn from stream `stream` of `key`: the items of x,
+    or with y the columns (x_i, y_i) as complex x + i·y. Returns the starts."""
     m = x.shape[0]
     key = _stream(key, stream)
     starts = _starts(m, key)
@@ -77,25 +77,10 @@ def scatter_columns(x, y, rows, key, stream):
             r >>= _U(4)
             q = nxt[k]
             nxt[k] = q + _U(1)
-            rows[q] = complex(x[_U(i)], y[_U(i)])
-    return starts
-
-
-@njit(cache=True, nogil=True)
-def scatter_rows(src, rows, key, stream):
-    """Rows of `src` into `rows` by their buckets, as scatter_columns; returns the starts."""
-    m = src.shape[0]
-    key = _stream(key, stream)
-    starts = _starts(m, key)
-    nxt = starts[:_WAYS].astype(np.uint64)
-    for block in range(-(-m // 16)):
-        r = _mix(key + _U(block) * _GAMMA)
-        for i in range(block * 16, min(block * 16 + 16, m)):
-            k = r & _U(15)
-            r >>= _U(4)
-            q = nxt[k]
-            nxt[k] = q + _U(1)
-            rows[q] = src[_U(i)]
+            if y is None:  # decided when numba compiles: one version per kind
+                rows[q] = x[_U(i)]
+            else:
+                rows[q] = complex(x[_U(i)], y[_U(i)])
     return starts
 
 
@@ -162,16 +147,13 @@ class RowShuffle:
         key = epoch_key(seed, epoch)
         if self.spread.shape[0] != self.x.shape[0]:
             self.spread = np.empty(self.x.shape[0], self.dtype)
-        if self.y is None:
-            starts = scatter_rows(self.x, self.spread, key, 0)
-        else:
-            starts = scatter_columns(self.x, self.y, self.spread, key, 0)
+        starts = scatter(self.x, self.y, self.spread, key, 0)
         biggest = int(np.diff(starts).max())
         if self.piece.shape[0] < biggest:
             self.piece = np.empty(biggest + biggest // 16, self.dtype)
         for b in range(_WAYS):
             part = self.piece[: starts[b + 1] - starts[b]]
-            inner = scatter_rows(self.spread[starts[b] : starts[b + 1]], part, key, 1 + b)
+            inner = scatter(self.spread[starts[b] : starts[b + 1]], None, part, key, 1 + b)
             fisher_yates(part, inner, key, 1 + _WAYS + b)
             yield part
 

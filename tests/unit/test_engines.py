@@ -136,8 +136,7 @@ def test_streamed_pieces_give_the_in_memory_history_exactly(
 def test_training_on_pieces_read_from_a_file_compiles_nothing_after_warm_up() -> None:
     """Pieces read from a file are read-only arrays; compiling for them would be timed."""
     warm_up("float32")
-    compiled = [kernels.point_maps, kernels.batch_maps]
-    compiled += [kernels.point_pass, kernels.batch_pass]
+    compiled = [kernels.point_maps, kernels.batch_maps, kernels.point_pass, kernels.batch_pass]
     before = [len(k.signatures) for k in compiled]
     x, y = line_data(5_000, "float32")
     x.flags.writeable = y.flags.writeable = False
@@ -182,9 +181,8 @@ def test_shuffled_training_compiles_nothing_after_its_visits_warm_up() -> None:
     """Setting up shuffled visits, before the clock starts, loads every kernel an epoch runs."""
     x, y = line_data(5_000, "float32")
     x.flags.writeable = y.flags.writeable = False
-    compiled = [kernels.point_maps, kernels.batch_maps]
-    compiled += [kernels.point_pass, kernels.batch_pass]
-    compiled += [shuffle.scatter_columns, shuffle.scatter_rows, shuffle.fisher_yates]
+    compiled = [kernels.point_maps, kernels.batch_maps, kernels.point_pass, kernels.batch_pass]
+    compiled += [shuffle.scatter, shuffle.fisher_yates]
     for method, lr, batch_size in [
         (Method.sgd, 0.01, 1),
         (Method.sgd, 0.06, 1),
